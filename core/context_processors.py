@@ -1,0 +1,12 @@
+from core.models import Role
+from core.permissions import Cap, actor_for
+
+
+def staff(request):
+    actor = actor_for(getattr(request, "user", None))
+    return {
+        "actor": actor,
+        "actor_role_label": Role(actor.role).label if actor else "",
+        "can_create_customer": bool(actor and actor.has(Cap.CUSTOMER_CREATE)),
+        "can_view_audit": bool(actor and actor.has(Cap.AUDIT_VIEW)),
+    }

@@ -1,0 +1,34 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from customers.models import Customer
+from demo import customers as customer_builder
+from demo.org import DEMO_PASSWORD, DEMO_USERS
+
+
+class Command(BaseCommand):
+    help = "Load the demo utility: org tree, staff logins, transformer areas and customers."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--customers", type=int, default=2000, help="number of customers (default 2000)")
+        parser.add_argument("--seed", type=int, default=2026, help="random seed; same seed, same utility")
+        parser.add_argument("--if-empty", action="store_true", help="do nothing if customers exist")
+
+    def handle(self, *args, customers, seed, if_empty, **options):
+        if customers < 1:
+            raise CommandError("--customers must be at least 1")
+        if Customer.objects.exists():
+            if if_empty:
+                self.stdout.write("Demo utility already loaded; nothing to do.")
+                return
+            raise CommandError("The database already holds customers; use an empty database.")
+        started = time.monotonic()
+        customer_builder.build(
+            customers=customers, seed=seed, today=timezone.localdate(), log=lambda m: self.stdout.write(m)
+        )
+        self.stdout.write(self.style.SUCCESS(f"Demo utility loaded in {time.monotonic() - started:.1f} s."))
+        self.stdout.write(f"Logins (password for all: {DEMO_PASSWORD}):")
+        for user in DEMO_USERS:
+            self.stdout.write(f"  {user.username:<11} {user.role:<10} {user.full_name}")
