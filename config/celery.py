@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.schedules import crontab  # noqa: F401  (used by schedules added by later apps)
+from celery.schedules import crontab
 from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -27,4 +27,17 @@ app.conf.beat_schedule = {
     # Beat -> worker heartbeat: /healthz reports how long ago a worker last ran a task
     # sent by beat, which proves the broker, beat and at least one worker are alive.
     "core.heartbeat": {"task": "core.tasks.heartbeat", "schedule": 30.0},
+    # Daily collection (Asia/Shanghai): a first pass after the midnight freeze, then passes
+    # that read only the meters still missing, then estimation of what is still missing.
+    "metering.collection": {
+        "task": "metering.collection_run",
+        "schedule": crontab(minute=5, hour="1,3,7,13,19"),
+    },
+    "metering.collection_estimate": {
+        "task": "metering.collection_estimate_gaps",
+        "schedule": crontab(minute=40, hour=23),
+    },
+    "metering.partitions": {"task": "metering.partitions_maintain", "schedule": crontab(minute=15, hour=0)},
+    # Remote commands whose dispatcher died go back to the queue (read back before any resend).
+    "metering.commands_reap": {"task": "metering.commands_reap", "schedule": 60.0},
 }

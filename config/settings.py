@@ -80,6 +80,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
+    "core.middleware.RequestIdHeaderMiddleware",
     "core.middleware.AuditContextMiddleware",
     "core.middleware.ApplicationErrorMiddleware",
     "axes.middleware.AxesMiddleware",
@@ -137,13 +138,14 @@ else:
         }
     }
     broker_dir = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(broker_dir / "queue"),
         "data_folder_out": str(broker_dir / "queue"),
         "processed_folder": str(broker_dir / "processed"),
+        "control_folder": str(broker_dir / "control"),
         "store_processed": False,
     }
     CELERY_RESULT_BACKEND = f"file://{VAR_DIR / 'results'}"
@@ -156,6 +158,23 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TIMEZONE = "Asia/Shanghai"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Metering / head-end ---------------------------------------------------------------
+# Where the head-end reaches meters that have no terminal (concentrator) of their own.
+METERING_DEFAULT_ENDPOINT = env.str("METERING_DEFAULT_ENDPOINT", default="127.0.0.1:9645")
+METERING_READ_CONCURRENCY = env.int("METERING_READ_CONCURRENCY", default=200)
+METERING_READ_TIMEOUT = env.float("METERING_READ_TIMEOUT", default=2.0)
+# Remote commands (metering.services.commands): the timeout of each exchange with a meter;
+# the waits after failed attempts 1, 2, 3... (the last one repeats); and how long a
+# dispatcher's claim on a command lasts: it must outlast read-back + send + read-back, or
+# another dispatcher could read back while a frame is still on its way.
+METERING_COMMAND_TIMEOUT = env.float("METERING_COMMAND_TIMEOUT", default=3.0)
+METERING_COMMAND_BACKOFF_SECONDS = env.list(
+    "METERING_COMMAND_BACKOFF_SECONDS", cast=int, default=[10, 30, 90, 270, 600]
+)
+METERING_COMMAND_LEASE_SECONDS = env.float(
+    "METERING_COMMAND_LEASE_SECONDS", default=4 * METERING_COMMAND_TIMEOUT + 10
+)
 
 # --- Auth -----------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -14,11 +15,13 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("audit/", include("core.urls")),
     path("customers/", include("customers.urls")),
+    path("metering/", include("metering.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("customers.api_urls")),
+    path("api/v1/metering/", include("metering.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
 
-admin.site.site_header = "Kilowatt"
-admin.site.site_title = "Kilowatt"
+admin.site.site_header = _("Kilowatt administration")
+admin.site.site_title = _("Kilowatt")

@@ -10,7 +10,10 @@ role and org unit (the service hall for counter staff), the URL, and for cross-r
 business a ``cross_region`` flag with the customer's own unit.
 """
 
+import contextlib
+
 import pghistory
+from django.db import connection
 
 
 def trackers():
@@ -22,9 +25,15 @@ def trackers():
     )
 
 
-def add_context(**metadata):
-    """Attach metadata to the current audit context, if one is open (no-op otherwise)."""
-    pghistory.context(**metadata)
+def audit_context(**metadata):
+    """Group the changes made inside under one audit context carrying ``metadata``.
+
+    On PostgreSQL this is ``pghistory.context``; the embedded SQLite mode has no triggers
+    to read it (and pghistory's statement injection does not work there), so it is a no-op.
+    """
+    if connection.vendor == "postgresql":
+        return pghistory.context(**metadata)
+    return contextlib.nullcontext()
 
 
 def actor_context(user) -> dict:

@@ -9,4 +9,6 @@ def staff(request):
         "actor_role_label": Role(actor.role).label if actor else "",
         "can_create_customer": bool(actor and actor.has(Cap.CUSTOMER_CREATE)),
         "can_view_audit": bool(actor and actor.has(Cap.AUDIT_VIEW)),
+        "can_view_meters": bool(actor and actor.has(Cap.METER_VIEW)),
+        "can_view_collection": bool(actor and actor.has(Cap.COLLECTION_VIEW)),
     }

@@ -21,13 +21,27 @@ class Cap(StrEnum):
     CUSTOMER_CREATE = "customer.create"
     CUSTOMER_CHANGE = "customer.change"
     AUDIT_VIEW = "audit.view"
+    METER_VIEW = "meter.view"
+    METER_CONTROL = "meter.control"  # manual trip / close / keep-power with a reason
+    COLLECTION_VIEW = "collection.view"
+    # Post reading batches (external collection systems); granted to no role but ADMIN.
+    READINGS_INGEST = "readings.ingest"
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
-    Role.COUNTER: frozenset({Cap.CUSTOMER_VIEW, Cap.CUSTOMER_CREATE, Cap.CUSTOMER_CHANGE}),
-    Role.INSPECTOR: frozenset({Cap.CUSTOMER_VIEW}),
-    Role.AUDITOR: frozenset({Cap.CUSTOMER_VIEW, Cap.AUDIT_VIEW}),
-    Role.MANAGER: frozenset({Cap.CUSTOMER_VIEW, Cap.CUSTOMER_CREATE, Cap.CUSTOMER_CHANGE}),
+    Role.COUNTER: frozenset({Cap.CUSTOMER_VIEW, Cap.CUSTOMER_CREATE, Cap.CUSTOMER_CHANGE, Cap.METER_VIEW}),
+    Role.INSPECTOR: frozenset({Cap.CUSTOMER_VIEW, Cap.METER_VIEW, Cap.COLLECTION_VIEW}),
+    Role.AUDITOR: frozenset({Cap.CUSTOMER_VIEW, Cap.AUDIT_VIEW, Cap.METER_VIEW, Cap.COLLECTION_VIEW}),
+    Role.MANAGER: frozenset(
+        {
+            Cap.CUSTOMER_VIEW,
+            Cap.CUSTOMER_CREATE,
+            Cap.CUSTOMER_CHANGE,
+            Cap.METER_VIEW,
+            Cap.METER_CONTROL,
+            Cap.COLLECTION_VIEW,
+        }
+    ),
     Role.ADMIN: frozenset(Cap),
     Role.CUSTOMER: frozenset(),
 }

@@ -7,6 +7,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from core.models import TransformerArea
+from core.permissions import org_scope_q
 from customers.models import (
     ContactRole,
     CustomerCategory,
@@ -77,8 +78,13 @@ class CustomerCreateForm(_CustomerFields):
     ct_ratio = forms.IntegerField(label=_("CT ratio"), min_value=1, initial=1)
     pt_ratio = forms.IntegerField(label=_("PT ratio"), min_value=1, initial=1)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, actor=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if actor is not None:
+            # Offer only the areas whose supply station the actor may register customers in.
+            self.fields["transformer_area"].queryset = self.fields["transformer_area"].queryset.filter(
+                org_scope_q(actor, "supply_station")
+            )
         self.helper = FormHelper()
         self.helper.layout = Layout(
             Fieldset(

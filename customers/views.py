@@ -62,7 +62,7 @@ def customer_detail(request, number):
 @require_http_methods(["GET", "POST"])
 def customer_create(request):
     actor = require(request.user, Cap.CUSTOMER_CREATE)
-    form = CustomerCreateForm(request.POST or None)
+    form = CustomerCreateForm(request.POST or None, actor=actor)
     if request.method == "POST" and form.is_valid():
         try:
             customer = services.customer_create(actor=actor, **form.cleaned_data)

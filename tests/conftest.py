@@ -119,3 +119,26 @@ def make_customer(actors, customer_data):
         return customer_create(actor=actors[actor], **customer_data(area_key, **overrides))
 
     return make
+
+
+@pytest.fixture
+def english(settings):
+    """Messages in English, whatever catalogues are compiled, so tests can assert on them."""
+    from django.utils import translation
+
+    settings.LANGUAGE_CODE = "en"
+    with translation.override("en"):
+        yield
+
+
+@pytest.fixture
+def fast_password_hashing(settings):
+    """Staff fixtures hash eight passwords; the production hasher makes that take seconds.
+    Request this (e.g. via ``pytest.mark.usefixtures``) before ``staff``; existing hashes
+    still verify because the production hashers stay in the list."""
+    from django.conf import global_settings
+
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *global_settings.PASSWORD_HASHERS,
+    ]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-import pghistory
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
@@ -18,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from core.audit import audit_context
 from core.exceptions import Conflict, NotFound, PermissionDenied, ValidationError
 from core.models import OrgUnit, OrgUnitKind, TransformerArea
 from core.permissions import Actor, Cap
@@ -130,11 +130,12 @@ def _audited(actor: Actor, *, customer_unit: OrgUnit | None = None, action: str)
             meta["hall_name"] = actor.org_unit.name
     if customer_unit is not None:
         meta["customer_unit"] = customer_unit.code
-        home = OrgUnit.objects.get_parent(actor.org_unit) if actor.org_unit is not None else None
-        meta["cross_region"] = bool(
-            actor.org_unit is not None and not (home or actor.org_unit).contains(customer_unit)
-        )
-    with pghistory.context(**meta):
+        # A hall's home is its county; any other unit is its own home (a county, a city).
+        home = actor.org_unit
+        if home is not None and home.kind == OrgUnitKind.HALL:
+            home = OrgUnit.objects.get_parent(home) or home
+        meta["cross_region"] = bool(home is not None and not home.contains(customer_unit))
+    with audit_context(**meta):
         yield
 
 
@@ -202,7 +203,12 @@ def _validated_fields(data: dict, errors: _Errors) -> dict:
     if "contracted_capacity_kva" in data:
         try:
             capacity = Decimal(str(data["contracted_capacity_kva"]))
-            if capacity < 0 or capacity.as_tuple().exponent < -2 or capacity > Decimal("99999999"):
+            if (
+                not capacity.is_finite()
+                or capacity < 0
+                or capacity.as_tuple().exponent < -2
+                or capacity > Decimal("99999999")
+            ):
                 raise ValueError
             out["contracted_capacity_kva"] = capacity
         except (ValueError, ArithmeticError):
@@ -461,8 +467,12 @@ def service_point_add(
 ) -> ServicePoint:
     customer = _lock_customer(account.customer_id)
     _require_customer(actor, customer, Cap.CUSTOMER_CHANGE)
+    # Check the account as it is now, under the customer's lock, not the caller's copy.
+    account = Account.objects.select_for_update().get(pk=account.pk)
     if account.status != AccountStatus.OPEN:
         raise ValidationError(_("Service points can be added only to open accounts."))
+    if not (actor.is_global or actor.in_home_scope(transformer_area.supply_station)):
+        raise PermissionDenied(_("That transformer area belongs to a unit outside your scope."))
     errors = _Errors({})
     if len((address or "").strip()) < 5:
         errors.add("address", _("Enter the full address (at least 5 characters)."))
