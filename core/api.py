@@ -1,6 +1,7 @@
 """API plumbing shared by every app: staff permission and the error mapping."""
 
 import structlog
+from django.utils.translation import gettext_lazy as _
 from rest_framework import permissions
 from rest_framework.response import Response
 
@@ -29,4 +30,27 @@ def exception_handler(exc, context):
             body.update(exc.extra)
         logger.info("api_application_error", code=exc.code)
         return Response(body, status=exc.status_code)
-    return drf_exception_handler(exc, context)
+    from rest_framework.exceptions import APIException
+    from rest_framework.exceptions import ValidationError as DRFValidationError
+
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, APIException):
+        return response
+    # One error shape for every API error: {code, detail[, errors]}.
+    if isinstance(exc, DRFValidationError):
+        data = response.data
+        errors = data if isinstance(data, dict) else {"non_field_errors": data}
+        response.data = {
+            "code": "invalid",
+            "detail": str(_("Please correct the errors below.")),
+            "errors": errors,
+        }
+    else:
+        codes = exc.get_codes()
+        response.data = {
+            "code": codes if isinstance(codes, str) else exc.default_code,
+            "detail": str(exc.detail)
+            if not isinstance(exc.detail, (list, dict))
+            else str(exc.default_detail),
+        }
+    return response

@@ -195,7 +195,9 @@ def test_create_input_errors_come_from_the_serializer(api, payload):
         "/api/v1/customers/", payload(transformer_area="NOPE", contracted_capacity_kva=-1), format="json"
     )
     assert response.status_code == 400
-    assert set(response.json()) == {"transformer_area", "contracted_capacity_kva"}
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert set(body["errors"]) == {"transformer_area", "contracted_capacity_kva"}
     assert not Customer.objects.exists()
 
 
@@ -236,7 +238,7 @@ def test_patch_needs_the_version(api, make_customer):
         f"/api/v1/customers/{customer.number}/", {"name": "无版本"}, format="json"
     )
     assert response.status_code == 400
-    assert "version" in response.json()
+    assert "version" in response.json()["errors"]
     customer.refresh_from_db()
     assert customer.version == 1
 
