@@ -23,6 +23,10 @@ def _use_django_logging(**kwargs):
     logging.config.dictConfig(settings.LOGGING)
 
 
+from django.conf import settings  # noqa: E402  (after the app is configured)
+
+_collection_interval = getattr(settings, "METERING_COLLECTION_INTERVAL_MINUTES", 0)
+
 app.conf.beat_schedule = {
     # Beat -> worker heartbeat: /healthz reports how long ago a worker last ran a task
     # sent by beat, which proves the broker, beat and at least one worker are alive.
@@ -31,7 +35,10 @@ app.conf.beat_schedule = {
     # that read only the meters still missing, then estimation of what is still missing.
     "metering.collection": {
         "task": "metering.collection_run",
-        "schedule": crontab(minute=5, hour="1,3,7,13,19"),
+        # The demo (bin/run) collects every few minutes so that a visitor sees it work.
+        "schedule": (
+            _collection_interval * 60.0 if _collection_interval else crontab(minute=5, hour="1,3,7,13,19")
+        ),
     },
     "metering.collection_estimate": {
         "task": "metering.collection_estimate_gaps",

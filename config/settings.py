@@ -164,6 +164,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 METERING_DEFAULT_ENDPOINT = env.str("METERING_DEFAULT_ENDPOINT", default="127.0.0.1:9645")
 METERING_READ_CONCURRENCY = env.int("METERING_READ_CONCURRENCY", default=200)
 METERING_READ_TIMEOUT = env.float("METERING_READ_TIMEOUT", default=2.0)
+# 0 = the production schedule (01:05, then retries of the gaps at 03, 07, 13, 19 h).
+METERING_COLLECTION_INTERVAL_MINUTES = env.int("METERING_COLLECTION_INTERVAL_MINUTES", default=0)
 # Remote commands (metering.services.commands): the timeout of each exchange with a meter;
 # the waits after failed attempts 1, 2, 3... (the last one repeats); and how long a
 # dispatcher's claim on a command lasts: it must outlast read-back + send + read-back, or

@@ -11,9 +11,9 @@ from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.utils import json
 
@@ -23,17 +23,33 @@ from metering.models import ReadingBatch, ReadingQuality, ReadingSource, Rejecti
 from metering.services.readings import readings_ingest
 
 MAX_READINGS_PER_REQUEST = 50_000
+MAX_BODY_BYTES = 48 * 1024 * 1024  # ~1 KB per reading at the most, with room for notes
 
 
-class DecimalJSONParser(JSONParser):
-    """JSON whose numbers with a fraction become Decimal, never float (DESIGN.md §5)."""
+class BodyTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
+    default_detail = _("The request body is too large; split the batch.")
+
+
+class DecimalJSONParser(BaseParser):
+    """JSON whose numbers with a fraction become Decimal, never float (DESIGN.md §5).
+
+    Not a JSONParser subclass on purpose: DRF reads those through ``request.body``, which
+    Django caps at DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), less than a full batch of 50,000
+    readings. This parser reads the stream itself, up to ``MAX_BODY_BYTES``.
+    """
+
+    media_type = "application/json"
 
     def parse(self, stream, media_type=None, parser_context=None):
         parser_context = parser_context or {}
         encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
+        raw = stream.read(MAX_BODY_BYTES + 1) if stream is not None else b""
+        if len(raw) > MAX_BODY_BYTES:
+            raise BodyTooLarge()
         try:
-            text = stream.read().decode(encoding) if stream is not None else ""
-            return json.loads(text, parse_float=Decimal, parse_constant=json.strict_constant)
+            return json.loads(raw.decode(encoding), parse_float=Decimal, parse_constant=json.strict_constant)
         except ValueError as exc:
             raise ParseError(_("JSON parse error - %s") % exc) from exc
 

@@ -78,8 +78,6 @@ def meter_control(request, asset_number):
         for field_messages in exc.field_errors.values() or [[exc.message]]:
             for message in field_messages:
                 messages.error(request, message)
-        if not exc.field_errors:
-            messages.error(request, str(exc.message))
     except ApplicationError as exc:
         messages.error(request, str(exc.message))
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 START = 0x68
 END = 0x16
@@ -212,28 +212,32 @@ def bcd_decode(raw: bytes) -> int:
 
 def encode_energy(kwh: Decimal) -> bytes:
     """XXXXXX.XX kWh in 4 BCD bytes; the register wraps after 999999.99."""
-    hundredths = int((Decimal(kwh) * 100).to_integral_value()) % 10**8
+    hundredths = int((Decimal(kwh) * 100).to_integral_value(rounding=ROUND_HALF_UP)) % 10**8
     return bcd_encode(hundredths, 4)
 
 
 def decode_energy(raw: bytes) -> Decimal:
-    return Decimal(bcd_decode(raw[:4])) / 100
+    if len(raw) < 4:
+        raise FrameError("bad_length", f"an energy value needs 4 bytes, got {len(raw)}")
+    return Decimal(bcd_decode(raw[:4])).scaleb(-2)
 
 
 def encode_balance(yuan: Decimal) -> bytes:
     """XXXXXX.XX yuan in 4 BCD bytes (remaining amount)."""
-    return bcd_encode(int((Decimal(yuan) * 100).to_integral_value()), 4)
+    return bcd_encode(int((Decimal(yuan) * 100).to_integral_value(rounding=ROUND_HALF_UP)), 4)
 
 
 def encode_demand(kw: Decimal, at: datetime) -> bytes:
     """XX.XXXX kW (3 bytes) followed by YYMMDDhhmm (5 bytes)."""
-    value = bcd_encode(int((Decimal(kw) * 10000).to_integral_value()), 3)
+    value = bcd_encode(int((Decimal(kw) * 10000).to_integral_value(rounding=ROUND_HALF_UP)), 3)
     stamp = bcd_encode(int(at.strftime("%y%m%d%H%M")), 5)
     return value + stamp
 
 
 def decode_demand(raw: bytes) -> Decimal:
-    return Decimal(bcd_decode(raw[:3])) / 10000
+    if len(raw) < 3:
+        raise FrameError("bad_length", f"a demand value needs 3 bytes, got {len(raw)}")
+    return Decimal(bcd_decode(raw[:3])).scaleb(-4)
 
 
 def read_request(address: str, di: int) -> Frame:

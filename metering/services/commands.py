@@ -749,6 +749,7 @@ def commands_requeue_stale(*, now: datetime | None = None) -> int:
         late = now - REAP_GRACE
         overdue = list(
             RemoteCommand.objects.filter(status=CommandStatus.QUEUED)
+            .exclude(pk__in=requeued)
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             .filter(Q(next_attempt_at__lt=late) | Q(next_attempt_at__isnull=True, queued_at__lt=late))
             .order_by("pk")

@@ -57,15 +57,20 @@ Failures
 
 Determinism
     Addresses come from the seed (``first_address``, default ``SSS0NNNNNNNN`` with SSS =
-    seed mod 1000); each meter's character (category, scale, power factor, PV, drift,
-    events, initial registers, balance) from ``random.Random(f"{seed}:{address}")``, so it
-    does not change with the fleet size; day-to-day variation, noise and failure rolls from
-    a 64-bit hash of (seed, address, day / slot / frame count). With a frozen clock
-    (``speed=0``) the same seed and the same sequence of requests give byte-identical answers.
+    seed mod 1000). A generated meter's category and cost-control mode, its day-to-day
+    variation, half-hourly noise, PV clouds, failure rolls and latency jitter come from a
+    64-bit hash of (seed, address, and the day / slot / frame count); its character (scale,
+    power factor, peak factor, PV, clock drift, events, initial registers, balance) from
+    ``random.Random(f"{seed}:{address}")``, drawn in a fixed order. So a meter does not
+    change with the fleet size, and with a frozen clock (``speed=0``) the same seed and the
+    same sequence of requests give byte-identical answers. Registers are exact sums, so they
+    do not depend on how often a meter is read either.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 import threading
@@ -120,6 +125,8 @@ _SALT_SLOT = 0xC2B2AE3D27D4EB4F
 _SALT_READ = 0x165667B19E3779F9
 _SALT_CONTROL = 0xD6E8FEB86659FD93
 _SALT_LATENCY = 0x27D4EB2F165667C5
+_SALT_KIND = 0x85EBCA77C2B2AE63
+_SALT_LOCAL = 0xFF51AFD7ED558CCD
 
 
 def mix64(x: int) -> int:
@@ -393,11 +400,16 @@ class Fleet:
             "near_rollover_share": near_rollover_share,
             "low_balance_share": low_balance_share,
         }
+        cumulative = list(itertools.accumulate(cat_weights))
         for i in range(count):
             address = f"{base + i:012d}"
-            rng = random.Random(f"{seed}:{address}:kind")
-            category = rng.choices(categories, cat_weights)[0]
-            mode = LOCAL if rng.random() < local_share else (NONE if category == "large_industry" else REMOTE)
+            key = mix64(fleet._seed_key ^ int(address))
+            pick = mix64(key ^ _SALT_KIND) / TWO64 * cumulative[-1]
+            category = categories[min(bisect.bisect_right(cumulative, pick), len(categories) - 1)]
+            if mix64(key ^ _SALT_LOCAL) / TWO64 < local_share:
+                mode = LOCAL
+            else:
+                mode = NONE if category == profiles.LARGE_INDUSTRY else REMOTE
             spec = MeterSpec(address=address, category=category, cost_control_mode=mode)
             spec.gateway = str(i * gateways // count)
             fleet._add(spec, **options)
@@ -522,13 +534,11 @@ class Fleet:
             regs["forward_total"] = _dec(total % 1_000_000, 2)
         total = regs["forward_total"]
         if not all(name in regs for name in REGISTER_NAMES[1:5]):
-            sharp, peak, flat = ((total * _dec(s)).quantize(CENT, rounding=ROUND_DOWN) for s in shares)
-            regs.update(
-                forward_sharp=sharp,
-                forward_peak=peak,
-                forward_flat=flat,
-                forward_valley=total - sharp - peak - flat,
-            )
+            # Fill the missing rate registers by typical shares (valley takes the rest).
+            split = [(total * _dec(s)).quantize(CENT, rounding=ROUND_DOWN) for s in shares]
+            split.append(total - sum(split))
+            for name, value in zip(REGISTER_NAMES[1:5], split, strict=True):
+                regs.setdefault(name, value)
         if "reactive_total" not in regs:
             regs["reactive_total"] = (total * _dec(m.tanphi)).quantize(CENT, rounding=ROUND_DOWN) % 800_000
         if "reverse_total" not in regs:

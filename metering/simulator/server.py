@@ -8,8 +8,14 @@ a bad checksum, end byte or length gets no answer and the connection stays open.
 connections per port are served concurrently. Replies carry an FE FE FE FE preamble.
 
 Functions
-    0x11 read data: the DIs in ``READERS`` below; an unknown DI (or the balance DIs on a
-         meter without local cost control) → error reply 0xD1 with 0x02 "no data requested".
+    0x11 read data: forward active total 00010000 and rates 1-4 00010100..00010400, the
+         block 0001FF00 (total + 4 rates, 20 bytes: one frame instead of five), reverse total
+         00020000, combined reactive 00030000, maximum demand and its time 01010000, status
+         words 04000501 (zero), 04000503 and 04000507 (events), date/week 04000101, time
+         04000102, communication address 04000401, power-loss count 03110000, cover-open
+         count 03300D00, and for local cost-control meters remaining balance 00900200 and
+         overdraft 00900201. Anything else (or the balance DIs on a meter without local cost
+         control) → error reply 0xD1 with 0x02 "no data requested".
     0x1C remote control: trip, close, close_allowed (closes too), alarm on/off, keep-power
          on/off → 0x9C, or 0xDC with 0x01 (validity deadline passed by the meter's clock, or a
          malformed command) / 0x04 (trip while keep-power is set; close while a local meter
@@ -199,6 +205,24 @@ READERS: dict[bytes, Callable[[Fleet, SimMeter], bytes | None]] = {
 SUPPORTED_DIS = sorted(int.from_bytes(di.translate(_SUB33), "little") for di in READERS)
 
 
+def _next_valid_frame(data: bytes, pos: int) -> int:
+    """Where the first complete, valid frame at or after ``pos`` starts, or -1."""
+    size = len(data)
+    while True:
+        start = data.find(b"\x68", pos)
+        if start < 0 or size - start < 12:
+            return -1
+        end = start + 12 + data[start + 9]
+        if (
+            data[start + 7] == START
+            and end <= size
+            and data[end - 1] == END
+            and sum(data[start : end - 2]) & 0xFF == data[end - 2]
+        ):
+            return start
+        pos = start + 1
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -268,7 +292,13 @@ class _GatewayProtocol(asyncio.Protocol):
                     continue
                 end = start + 12 + length
                 if end > size:
-                    break
+                    # Incomplete, or a stray 68h in noise that looks like a header: if a
+                    # whole valid frame starts further on, the noise loses.
+                    later = _next_valid_frame(data, start + 1)
+                    if later < 0:
+                        break
+                    pos = later
+                    continue
                 if data[end - 1] != END or sum(data[start : end - 2]) & 0xFF != data[end - 2]:
                     stats["malformed"] += 1
                     pos = start + 1
@@ -373,7 +403,8 @@ class _GatewayProtocol(asyncio.Protocol):
         if m.offline or fleet.control_fails(m, m.requests):
             self.server.stats["silent"] += 1
             return
-        # A control frame belongs to the meter's current session but does not start one.
+        # Control frames roll on their own (control_failure_rate); they neither start nor end
+        # a read session.
         data = frame[10 : 10 + frame[9]].translate(_SUB33)
         try:
             action, valid_until = dlt645.parse_control_request(
@@ -477,9 +508,6 @@ class SimulatorServer:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        await stop.wait()
 
     @property
     def endpoints(self) -> list[str]:
