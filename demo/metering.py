@@ -143,6 +143,9 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
             "transformer_area_id",
             "service_point__customer__category",
             "service_point__customer__contracted_capacity_kva",
+            "service_point__ct_ratio",
+            "service_point__pt_ratio",
+            "service_point__account__opened_on",
         )
         .order_by("pk")
     )
@@ -164,15 +167,24 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
             pending = []
 
     customer_meters = [m for m in meters if m[1] == MeterRole.CUSTOMER]
-    for pk, _role, area_id, category, capacity in customer_meters:
+    for pk, _role, area_id, category, capacity, ct_ratio, pt_ratio, opened_on in customer_meters:
+        # A CT/PT-connected meter registers primary energy divided by its multiplier.
+        multiplier = (ct_ratio or 1) * (pt_ratio or 1)
         low, high = DAILY_KWH[category]
         if category != CustomerCategory.RESIDENTIAL:
             scale = max(Decimal("0.2"), min(Decimal("1"), (capacity or Decimal(50)) / Decimal(2000)))
             high = max(low * 2, high * scale)
         mean = low + (high - low) * Decimal(str(round(rng.random(), 3)))
-        total = Decimal(rng.randrange(500, 20000))
+        # The register started at 0 when the meter was installed (account opening): what it
+        # shows at the start of the history is what the customer used since, at about this rate.
+        since_opened = max(0, (first - opened_on).days)
+        total = (mean * since_opened * Decimal("0.9") / multiplier).quantize(Decimal("0.01")) % Decimal(
+            1_000_000
+        )
         for offset in range(days + 1):
             day = first + timedelta(days=offset)
+            if day <= opened_on:
+                continue  # not connected yet: the register stays at its installation value
             if offset:
                 weekend = (
                     Decimal("0.7") if category == CustomerCategory.COMMERCIAL and day.weekday() >= 5 else 1
@@ -180,10 +192,10 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
                 used = (mean * weekend * Decimal(str(round(rng.uniform(0.6, 1.4), 3)))).quantize(
                     Decimal("0.01")
                 )
-                total += used
+                total += (used / multiplier).quantize(Decimal("0.01"))
                 area_totals[(area_id, day)] = area_totals.get((area_id, day), Decimal(0)) + used
             if rng.random() > success_rate and offset not in (0, days):
-                continue
+                continue  # a read that failed
             sharp, peak, flat = ((total * s).quantize(Decimal("0.01")) for s in TOU_SHARES)
             pending.append(
                 {
@@ -201,7 +213,7 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
             if len(pending) >= 50_000:
                 flush()
         registers[pk] = total
-    for pk, role, area_id, _category, _capacity in meters:
+    for pk, role, area_id, *_rest in meters:
         if role != MeterRole.AREA:
             continue
         total = Decimal(rng.randrange(10_000, 90_000))

@@ -25,15 +25,19 @@ class MeterControlForm(forms.Form):
         label=_("Reason"),
         max_length=300,
         min_length=4,
-        widget=forms.TextInput(attrs={"placeholder": _("Why this command is needed (kept in the audit trail)")}),
+        widget=forms.TextInput(
+            attrs={"placeholder": _("Why this command is needed (kept in the audit trail)")}
+        ),
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.helper = FormHelper()
         self.helper.form_tag = False
-        self.helper.layout = Layout(Row(Column("action", css_class="col-md-4"), Column("reason")),
-                                    Submit("submit", _("Send command"), css_class="btn-danger"))
+        self.helper.layout = Layout(
+            Row(Column("action", css_class="col-md-4"), Column("reason")),
+            Submit("submit", _("Send command"), css_class="btn-danger"),
+        )
 
 
 class CollectionDayForm(forms.Form):

@@ -28,8 +28,9 @@ def meter_list(request):
     page = Paginator(selectors.meter_search(actor=actor, query=query), 25).get_page(request.GET.get("page"))
     params = request.GET.copy()
     params.pop("page", None)
-    return render(request, "metering/meter_list.html", {"page": page, "query": query,
-                                                         "querystring": params.urlencode()})
+    return render(
+        request, "metering/meter_list.html", {"page": page, "query": query, "querystring": params.urlencode()}
+    )
 
 
 @login_required
@@ -108,7 +109,9 @@ def collection_day(request):
     by_station = {}
     for stat in areas:
         station = stat.transformer_area.supply_station
-        row = by_station.setdefault(station.pk, {"station": station, "expected": 0, "collected": 0, "estimated": 0})
+        row = by_station.setdefault(
+            station.pk, {"station": station, "expected": 0, "collected": 0, "estimated": 0}
+        )
         row["expected"] += stat.expected
         row["collected"] += stat.collected
         row["estimated"] += stat.estimated
@@ -121,6 +124,13 @@ def collection_day(request):
     return render(
         request,
         "metering/collection_day.html",
-        {"form": form, "day": day, "totals": totals, "stations": stations, "page": page, "unit": unit,
-         "querystring": params.urlencode()},
+        {
+            "form": form,
+            "day": day,
+            "totals": totals,
+            "stations": stations,
+            "page": page,
+            "unit": unit,
+            "querystring": params.urlencode(),
+        },
     )

@@ -67,6 +67,7 @@ from metering.models import (
     DailyReading,
     Meter,
     MeterInstallation,
+    MeterRole,
     MeterStatus,
     ReadingBatch,
     ReadingQuality,
@@ -631,6 +632,9 @@ SELECT m.id, m.comm_address, m.status, i.id,
             THEN round((i.initial_registers ->> 'forward_total')::numeric, 2) END,
        CASE WHEN c.contracted_capacity_kva > 0
             THEN c.contracted_capacity_kva * %(hours)s * %(headroom)s / (sp.ct_ratio * sp.pt_ratio)
+            -- a transformer area's summary meter can register what its transformer delivers
+            WHEN m.role = 'area' AND ta.transformer_capacity_kva > 0
+            THEN ta.transformer_capacity_kva * %(hours)s * %(headroom)s
             ELSE %(ceiling)s END,
        latest.read_date, latest.forward_total
 FROM metering_meter m
@@ -638,6 +642,7 @@ LEFT JOIN metering_meterinstallation i ON i.meter_id = m.id
 LEFT JOIN customers_servicepoint sp
        ON sp.id = CASE WHEN i.id IS NULL THEN m.service_point_id ELSE i.service_point_id END
 LEFT JOIN customers_customer c ON c.id = sp.customer_id
+LEFT JOIN core_transformerarea ta ON ta.id = m.transformer_area_id
 LEFT JOIN LATERAL (
     SELECT d.read_date, d.forward_total FROM metering_dailyreading d
     WHERE d.meter_id = m.id AND d.read_date >= %(since)s AND d.read_date <= %(today)s
@@ -829,7 +834,10 @@ def _lookup_portable(readings: list[_Reading]) -> _Meters:
         return meters
     ceiling = _daily_ceiling()
     own_points = {}
-    for meter_id, address, status, sp_id, ct, pt, capacity in Meter.objects.filter(condition).values_list(
+    area_limits = {}
+    for meter_id, address, status, sp_id, ct, pt, capacity, role, area_kva in Meter.objects.filter(
+        condition
+    ).values_list(
         "id",
         "comm_address",
         "status",
@@ -837,9 +845,14 @@ def _lookup_portable(readings: list[_Reading]) -> _Meters:
         "service_point__ct_ratio",
         "service_point__pt_ratio",
         "service_point__customer__contracted_capacity_kva",
+        "role",
+        "transformer_area__transformer_capacity_kva",
     ):
         meters.add_row(meter_id, address, status, None)
-        own_points[meter_id] = (sp_id, _max_daily(capacity, ct, pt, ceiling))
+        if role == MeterRole.AREA and area_kva:
+            # A transformer area's summary meter registers what its transformer delivers.
+            area_limits[meter_id] = _max_daily(area_kva, 1, 1, ceiling)
+        own_points[meter_id] = (sp_id, area_limits.get(meter_id) or _max_daily(capacity, ct, pt, ceiling))
     if not meters.by_id:
         return meters
     earlier = MeterInstallation.objects.filter(
@@ -871,7 +884,7 @@ def _lookup_portable(readings: list[_Reading]) -> _Meters:
                 local.date(),
                 _baseline(initial.get("forward_total")) if isinstance(initial, dict) else None,
                 replaced,
-                _max_daily(capacity, ct, pt, ceiling),
+                area_limits.get(meter_id) or _max_daily(capacity, ct, pt, ceiling),
             )
         )
     for meter in meters.by_id.values():
