@@ -25,7 +25,9 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it is alive, and later tests call asyncio.run() (the head-end adapter).
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 

@@ -261,12 +261,11 @@ def test_impossible_jump_uses_the_multiplier_because_registers_are_secondary(
 @pytest.mark.django_db
 def test_without_a_service_point_the_configured_ceiling_applies(areas, today, settings):
     settings.METERING_DAILY_CEILING_KWH = Decimal("50")
-    area_meter = Meter.objects.create(
+    area_meter = Meter.objects.create(  # a customer meter not yet tied to a service point
         asset_number="AS-AREA",
         comm_address=next_address(),
         manufacturer="x",
         model="y",
-        role="area",
         status=MeterStatus.INSTALLED,
         transformer_area=areas["qx_s1"],
     )
@@ -284,6 +283,35 @@ def test_without_a_service_point_the_configured_ceiling_applies(areas, today, se
         ]
     )
     assert (batch.accepted, batch.rejected) == (2, 1)
+    assert only_rejection(batch).reason == RejectionReason.IMPOSSIBLE_JUMP
+
+
+@pytest.mark.django_db
+def test_an_area_meter_is_limited_by_its_transformer(areas, today, settings):
+    # 400 kVA × 24 h × 1.2 = 11,520.00 kWh a day, whatever the configured fallback ceiling.
+    settings.METERING_DAILY_CEILING_KWH = Decimal("50")
+    area_meter = Meter.objects.create(
+        asset_number="AS-AREA2",
+        comm_address=next_address(),
+        manufacturer="x",
+        model="y",
+        role="area",
+        status=MeterStatus.INSTALLED,
+        transformer_area=areas["qx_s1"],
+    )
+    MeterInstallation.objects.create(
+        meter=area_meter,
+        transformer_area=areas["qx_s1"],
+        installed_at=local_midnight(today - timedelta(days=10)),
+        initial_registers={"forward_total": "0"},
+    )
+    batch = ingest(
+        [
+            reading(area_meter, today - timedelta(days=3), "11520.00"),
+            reading(area_meter, today - timedelta(days=2), "23040.01"),
+        ]
+    )
+    assert (batch.accepted, batch.rejected) == (1, 1)
     assert only_rejection(batch).reason == RejectionReason.IMPOSSIBLE_JUMP
 
 
