@@ -470,6 +470,7 @@ class CommandOrigin(models.TextChoices):
     SYSTEM = "system", _("System")
 
 
+@pghistory.track(*trackers())
 class RemoteCommand(models.Model):
     meter = models.ForeignKey(
         Meter, verbose_name=_("meter"), on_delete=models.PROTECT, related_name="commands"

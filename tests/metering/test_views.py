@@ -75,6 +75,12 @@ def test_manager_trips_with_a_reason_and_the_command_is_queued(
     assert (command.action, command.status, command.origin) == ("trip", "queued", "staff")
     assert command.requested_by == staff["manager"]
     assert scheduled and scheduled[0][0] == command.pk
+    # The request is in the audit trail with who asked and why.
+    from metering.models import RemoteCommandEvent
+
+    event = RemoteCommandEvent.objects.filter(pgh_obj=command, pgh_label="insert").get()
+    assert event.reason == "安全隐患，临时停电检修"
+    assert event.pgh_context.metadata["user"] == staff["manager"].pk
 
 
 def test_control_without_reason_or_by_counter_staff_is_refused(client, staff, meter, scheduled):  # noqa: F811
