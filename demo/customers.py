@@ -123,7 +123,7 @@ def build_areas(rng: random.Random, units: dict[str, OrgUnit], customers: int) -
                     code=f"{station.code}-T{i:04d}",
                     name=f"{place}{(i - 1) // len(places) + 1}号台区",
                     supply_station=station,
-                    transformer_capacity_kva=Decimal(rng.choice((200, 315, 400, 500, 630))),
+                    transformer_capacity_kva=Decimal(rng.choice((630, 800, 1000, 1250))),
                 )
             )
     return TransformerArea.objects.bulk_create(areas, batch_size=BATCH)

@@ -94,8 +94,8 @@ def meter_control(request, asset_number):
 def collection_day(request):
     actor = require(request.user, Cap.COLLECTION_VIEW)
     yesterday = timezone.localdate() - timedelta(days=1)
-    form = CollectionDayForm(request.GET or None, initial={"day": yesterday})
-    day = form.cleaned_data["day"] if form.is_valid() else yesterday
+    form = CollectionDayForm(request.GET if "day" in request.GET else None, initial={"day": yesterday})
+    day = form.cleaned_data["day"] if form.is_bound and form.is_valid() else yesterday
     unit = None
     unit_code = request.GET.get("unit", "")
     if unit_code:
