@@ -134,7 +134,7 @@ def build_meters(rng: random.Random) -> int:
 def build_history(rng: random.Random, *, days: int, today: date, success_rate: float = 0.97) -> int:
     """``days`` daily readings per customer meter up to yesterday, plus the area meters'
     (their customers' sum plus 3-8% line loss). A few reads are missing, as in life."""
-    first = today - timedelta(days=days)
+    first = today - timedelta(days=days)  # up to yesterday: today is for the live collection
     ensure_partitions(first_month=first.replace(day=1), last_month=today.replace(day=1))
     meters = list(
         Meter.objects.filter(status=MeterStatus.INSTALLED)
@@ -182,7 +182,7 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
         total = (mean * since_opened * Decimal("0.9") / multiplier).quantize(Decimal("0.01")) % Decimal(
             1_000_000
         )
-        for offset in range(days + 1):
+        for offset in range(days):
             day = first + timedelta(days=offset)
             if day <= opened_on:
                 continue  # not connected yet: the register stays at its installation value
@@ -196,7 +196,7 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
                 total += (used / multiplier).quantize(Decimal("0.01"))
                 if category != CustomerCategory.LARGE_INDUSTRY:  # on dedicated transformers
                     area_totals[(area_id, day)] = area_totals.get((area_id, day), Decimal(0)) + used
-            if rng.random() > success_rate and offset not in (0, days):
+            if rng.random() > success_rate and offset not in (0, days - 1):
                 continue  # a read that failed
             sharp, peak, flat = ((total * s).quantize(Decimal("0.01")) for s in TOU_SHARES)
             pending.append(
@@ -219,7 +219,7 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
         if role != MeterRole.AREA:
             continue
         total = Decimal(rng.randrange(10_000, 90_000))
-        for offset in range(days + 1):
+        for offset in range(days):
             day = first + timedelta(days=offset)
             loss = Decimal(str(round(rng.uniform(1.03, 1.08), 3)))
             total += (area_totals.get((area_id, day), Decimal(0)) * loss).quantize(Decimal("0.01"))
@@ -235,6 +235,6 @@ def build_history(rng: random.Random, *, days: int, today: date, success_rate: f
                 flush()
     flush()
     # The collection figures of the history, as the daily runs would have left them.
-    for offset in range(days + 1):
+    for offset in range(days):
         collection_stats_refresh(day=first + timedelta(days=offset))
     return stored
