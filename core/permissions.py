@@ -26,12 +26,37 @@ class Cap(StrEnum):
     COLLECTION_VIEW = "collection.view"
     # Post reading batches (external collection systems); granted to no role but ADMIN.
     READINGS_INGEST = "readings.ingest"
+    LEDGER_VIEW = "ledger.view"  # balances, ledger, policy decisions, tariffs
+    ADJUSTMENT_REQUEST = "adjustment.request"
+    ADJUSTMENT_APPROVE = "adjustment.approve"  # never one's own request (four eyes)
+    TARIFF_QUOTE = "tariff.quote"
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
-    Role.COUNTER: frozenset({Cap.CUSTOMER_VIEW, Cap.CUSTOMER_CREATE, Cap.CUSTOMER_CHANGE, Cap.METER_VIEW}),
-    Role.INSPECTOR: frozenset({Cap.CUSTOMER_VIEW, Cap.METER_VIEW, Cap.COLLECTION_VIEW}),
-    Role.AUDITOR: frozenset({Cap.CUSTOMER_VIEW, Cap.AUDIT_VIEW, Cap.METER_VIEW, Cap.COLLECTION_VIEW}),
+    Role.COUNTER: frozenset(
+        {
+            Cap.CUSTOMER_VIEW,
+            Cap.CUSTOMER_CREATE,
+            Cap.CUSTOMER_CHANGE,
+            Cap.METER_VIEW,
+            Cap.LEDGER_VIEW,
+            Cap.ADJUSTMENT_REQUEST,
+            Cap.TARIFF_QUOTE,
+        }
+    ),
+    Role.INSPECTOR: frozenset(
+        {Cap.CUSTOMER_VIEW, Cap.METER_VIEW, Cap.COLLECTION_VIEW, Cap.LEDGER_VIEW, Cap.TARIFF_QUOTE}
+    ),
+    Role.AUDITOR: frozenset(
+        {
+            Cap.CUSTOMER_VIEW,
+            Cap.AUDIT_VIEW,
+            Cap.METER_VIEW,
+            Cap.COLLECTION_VIEW,
+            Cap.LEDGER_VIEW,
+            Cap.TARIFF_QUOTE,
+        }
+    ),
     Role.MANAGER: frozenset(
         {
             Cap.CUSTOMER_VIEW,
@@ -40,6 +65,10 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
             Cap.METER_VIEW,
             Cap.METER_CONTROL,
             Cap.COLLECTION_VIEW,
+            Cap.LEDGER_VIEW,
+            Cap.ADJUSTMENT_REQUEST,
+            Cap.ADJUSTMENT_APPROVE,
+            Cap.TARIFF_QUOTE,
         }
     ),
     Role.ADMIN: frozenset(Cap),

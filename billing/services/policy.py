@@ -1,0 +1,372 @@
+"""Applying the cost-control policy (DESIGN.md flow 2 and 3, §5).
+
+``billing.policy.rules.decide`` is the pure rule; this module loads what it needs, calls it
+for accounts whose billing state the caller has locked, and carries the decision out inside
+the caller's transaction: the new state, a ``PolicyDecision`` row with the figures, the
+customer's notifications (outbox) and the remote commands (``metering.services.commands``,
+dispatched after commit). Because the state changes under the account lock, a close is
+decided once per trip however many payments arrive at the same moment.
+
+Only prepaid accounts with a remote cost-control meter are governed here; local
+cost-control meters trip themselves and post-paid accounts are dunned by bill runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from billing.models import (
+    AccountBilling,
+    CostControlPolicy,
+    CostControlState,
+    NoTripEvent,
+    PolicyAction,
+    PolicyDecision,
+)
+from billing.policy.rules import Decision, NoTripWindows, PolicySettings, PolicyState, decide
+from core.money import format_yuan, quantize_yuan
+from core.services.notifications import notification_enqueue
+from customers.models import Account, SettlementMode
+from metering.models import CommandAction, CommandOrigin, CostControlMode, Meter, MeterStatus
+from metering.services.commands import command_request
+
+logger = structlog.get_logger(__name__)
+
+STATE_AFTER = {
+    PolicyAction.WARN1: CostControlState.WARNING1,
+    PolicyAction.WARN2: CostControlState.WARNING2,
+    PolicyAction.TRIP: CostControlState.TRIPPED,
+    PolicyAction.CLOSE: CostControlState.NORMAL,
+    PolicyAction.RECOVER: CostControlState.NORMAL,
+}
+
+
+@dataclass(frozen=True)
+class _Governed:
+    """What the policy needs to know about an account besides its billing state."""
+
+    account_id: int
+    account_number: str
+    customer_id: int
+    customer_name: str
+    mobile_phone: str
+    email: str
+    category: str
+    grade: str
+    protected: bool
+    meter_ids: tuple[int, ...]
+
+
+def _governed(account_ids: list[int]) -> dict[int, _Governed]:
+    """Prepaid accounts among ``account_ids`` with their remote cost-control meters."""
+    accounts = (
+        Account.objects.filter(pk__in=account_ids, settlement_mode=SettlementMode.PREPAID)
+        .select_related("customer")
+        .only(
+            "pk",
+            "number",
+            "customer__id",
+            "customer__name",
+            "customer__mobile_phone",
+            "customer__email",
+            "customer__category",
+            "customer__importance_grade",
+            "customer__protected",
+        )
+    )
+    meters: dict[int, list[int]] = defaultdict(list)
+    rows = Meter.objects.filter(
+        installations__service_point__account_id__in=account_ids,
+        installations__removed_at__isnull=True,
+        status=MeterStatus.INSTALLED,
+        cost_control_mode=CostControlMode.REMOTE,
+    ).values_list("installations__service_point__account_id", "pk")
+    for account_id, meter_id in rows:
+        meters[account_id].append(meter_id)
+    result = {}
+    for a in accounts:
+        if not meters.get(a.pk):
+            continue
+        c = a.customer
+        result[a.pk] = _Governed(
+            account_id=a.pk,
+            account_number=a.number,
+            customer_id=c.pk,
+            customer_name=c.name,
+            mobile_phone=c.mobile_phone,
+            email=c.email,
+            category=c.category,
+            grade=c.importance_grade,
+            protected=c.protected,
+            meter_ids=tuple(sorted(meters[a.pk])),
+        )
+    return result
+
+
+class _Policies:
+    """The policy table, loaded once per evaluation; picks the most specific match."""
+
+    def __init__(self):
+        self.by_id = {p.pk: p for p in CostControlPolicy.objects.all()}
+
+    def for_account(self, state: AccountBilling, governed: _Governed) -> CostControlPolicy | None:
+        if state.policy_id:
+            return self.by_id.get(state.policy_id)
+        best, best_score = None, -1
+        for p in self.by_id.values():
+            if p.category and p.category != governed.category:
+                continue
+            if p.importance_grade and p.importance_grade != governed.grade:
+                continue
+            score = (2 if p.importance_grade else 0) + (1 if p.category else 0)
+            if score > best_score or (score == best_score and best is not None and p.code < best.code):
+                best, best_score = p, score
+        return best
+
+
+def _windows(policy: CostControlPolicy, events: tuple) -> NoTripWindows:
+    return NoTripWindows(
+        night_start=policy.night_start,
+        night_end=policy.night_end,
+        holidays=policy.no_trip_on_holidays,
+        events=events,
+    )
+
+
+def _settings(policy: CostControlPolicy) -> PolicySettings:
+    return PolicySettings(
+        warning1_threshold=policy.warning1_threshold,
+        warning2_threshold=policy.warning2_threshold,
+        trip_threshold=policy.trip_threshold,
+        close_threshold=policy.close_threshold,
+        required_warning=policy.required_warning,
+        grace_period=timedelta(hours=float(policy.grace_hours)),
+    )
+
+
+def _events(now: datetime) -> tuple:
+    rows = NoTripEvent.objects.filter(ends_at__gt=now - timedelta(days=1)).values_list(
+        "starts_at", "ends_at", "name"
+    )
+    return tuple(rows)
+
+
+def credit_allowance_of(state: AccountBilling, policy: CostControlPolicy | None) -> Decimal:
+    if state.credit_allowance is not None:
+        return state.credit_allowance
+    return policy.credit_allowance if policy is not None else Decimal("0.00")
+
+
+def policy_evaluate(
+    states: dict[int, AccountBilling],
+    *,
+    trigger: str,
+    trigger_ref: str = "",
+    now: datetime | None = None,
+) -> list[PolicyDecision]:
+    """Decide for every account in ``states`` (locked by the caller, balances current) and
+    carry the decisions out. Returns the decisions recorded."""
+    if not states:
+        return []
+    assert transaction.get_connection().in_atomic_block, "policy_evaluate needs the caller's transaction"
+    now = now or timezone.now()
+    governed = _governed(list(states))
+    if not governed:
+        return []
+    policies = _Policies()
+    events = _events(now)
+    recorded: list[PolicyDecision] = []
+    for account_id in sorted(governed):
+        state = states[account_id]
+        info = governed[account_id]
+        policy = policies.for_account(state, info)
+        if policy is None:
+            logger.warning("no_cost_control_policy", account_id=account_id)
+            continue
+        allowance = credit_allowance_of(state, policy)
+        decision = decide(
+            balance=state.balance,
+            credit_allowance=allowance,
+            settings=_settings(policy),
+            state=PolicyState(
+                state=state.state,
+                warning1_at=state.warning1_at,
+                warning2_at=state.warning2_at,
+                tripped_at=state.tripped_at,
+                protected=info.protected,
+            ),
+            now=now,
+            windows=_windows(policy, events),
+        )
+        row = _carry_out(state, info, policy, decision, trigger=trigger, trigger_ref=trigger_ref, now=now)
+        if row is not None:
+            recorded.append(row)
+    return recorded
+
+
+def _carry_out(
+    state: AccountBilling,
+    info: _Governed,
+    policy: CostControlPolicy,
+    decision: Decision,
+    *,
+    trigger: str,
+    trigger_ref: str,
+    now: datetime,
+) -> PolicyDecision | None:
+    action = PolicyAction(decision.action)
+    if action == PolicyAction.NONE:
+        return None
+    if action == PolicyAction.TRIP_WITHHELD:
+        # Recorded when the reason changes, not at every rating of a withheld account.
+        reason = ",".join(decision.blocked_by) or decision.reason
+        if state.withheld_reason == reason:
+            return None
+        state.withheld_reason = reason[:100]
+        AccountBilling.objects.filter(pk=state.pk).update(withheld_reason=state.withheld_reason)
+        return _record(state, info, decision, trigger, trigger_ref, now, state.state, state.state)
+
+    before = state.state
+    after = STATE_AFTER[action]
+    changes = {"state": after, "state_changed_at": now, "withheld_reason": ""}
+    if action == PolicyAction.WARN1:
+        changes["warning1_at"] = now
+    elif action == PolicyAction.WARN2:
+        changes["warning2_at"] = now
+        if state.warning1_at is None:
+            changes["warning1_at"] = now
+    elif action == PolicyAction.TRIP:
+        changes["tripped_at"] = now
+    elif action in (PolicyAction.CLOSE, PolicyAction.RECOVER):
+        changes.update(warning1_at=None, warning2_at=None, tripped_at=None)
+    for name, value in changes.items():
+        setattr(state, name, value)
+    state.save(update_fields=[*changes, "updated_at"])
+    row = _record(state, info, decision, trigger, trigger_ref, now, before, after)
+
+    if action in (PolicyAction.TRIP, PolicyAction.CLOSE):
+        command_action = CommandAction.TRIP if action == PolicyAction.TRIP else CommandAction.CLOSE
+        first = None
+        for meter_id in info.meter_ids:
+            command = command_request(
+                meter=Meter(pk=meter_id),
+                action=command_action,
+                reason=decision.message[:200],
+                origin=CommandOrigin.POLICY,
+                idempotency_key=f"policy:{row.pk}:{meter_id}",
+            )
+            first = first or command
+        if first is not None:
+            PolicyDecision.objects.filter(pk=row.pk).update(command=first)
+            row.command = first
+    if action != PolicyAction.RECOVER:
+        _notify(info, state, action, row)
+    return row
+
+
+def _record(state, info, decision: Decision, trigger, trigger_ref, now, before, after) -> PolicyDecision:
+    return PolicyDecision.objects.create(
+        account_id=info.account_id,
+        action=decision.action,
+        reason=decision.reason[:40],
+        message=decision.message[:300],
+        numbers=dict(decision.numbers),
+        blocked_by=list(decision.blocked_by),
+        trigger=trigger[:16],
+        trigger_ref=trigger_ref[:64],
+        state_before=before,
+        state_after=after,
+        decided_at=now,
+    )
+
+
+def _notify(info: _Governed, state: AccountBilling, action: str, row: PolicyDecision) -> None:
+    """Tell the customer, in the utility's language, through the outbox (SMS and e-mail)."""
+    with translation.override(settings.LANGUAGE_CODE):
+        figures = {
+            "name": info.customer_name,
+            "account": info.account_number,
+            "balance": format_yuan(quantize_yuan(state.balance)),
+        }
+        topic, body = {
+            PolicyAction.WARN1: (
+                "low_balance_1",
+                _("Dear %(name)s, the balance of account %(account)s is %(balance)s. Please top up soon.")
+                % figures,
+            ),
+            PolicyAction.WARN2: (
+                "low_balance_2",
+                _(
+                    "Dear %(name)s, the balance of account %(account)s is %(balance)s and power will be "
+                    "cut when it runs out. Please top up now."
+                )
+                % figures,
+            ),
+            PolicyAction.TRIP: (
+                "trip",
+                _(
+                    "Dear %(name)s, power to account %(account)s has been cut for arrears "
+                    "(balance %(balance)s)."
+                )
+                % figures,
+            ),
+            PolicyAction.CLOSE: (
+                "restore",
+                _(
+                    "Dear %(name)s, thank you for your payment. "
+                    "Power to account %(account)s is being restored."
+                )
+                % figures,
+            ),
+            PolicyAction.TRIP_WITHHELD: (None, ""),
+        }[action]
+    if topic is None:
+        return
+    channels = [("sms", info.mobile_phone), ("portal", "")]
+    if info.email:
+        channels.append(("email", info.email))
+    for channel, recipient in channels:
+        if channel != "portal" and not recipient:
+            continue
+        notification_enqueue(
+            channel=channel,
+            topic=topic,
+            body=body,
+            subject=body[:60] if channel == "email" else "",
+            recipient=recipient,
+            customer_id=info.customer_id,
+            account_id=info.account_id,
+            dedupe_key=f"policy:{row.pk}:{channel}",
+        )
+
+
+def policy_sweep(*, now: datetime | None = None, limit: int = 5000) -> int:
+    """Re-decide the accounts a rating alone would not revisit: warned accounts whose trip
+    was withheld (night, holiday, grace) and tripped accounts above their close threshold
+    (e.g. after an approved adjustment). Returns the number of decisions recorded."""
+    from billing.services.ledger import billing_states_lock
+
+    candidates = list(
+        AccountBilling.objects.filter(
+            Q(state__in=[CostControlState.WARNING1, CostControlState.WARNING2, CostControlState.TRIPPED])
+            | ~Q(withheld_reason="")
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    recorded = 0
+    for start in range(0, len(candidates), 500):
+        with transaction.atomic():
+            states = billing_states_lock(candidates[start : start + 500])
+            recorded += len(policy_evaluate(states, trigger="sweep", now=now))
+    return recorded
