@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "pghistory.admin",
     "django_structlog",
     "axes",
+    "import_export",
     "core",
     "customers",
     "metering",
@@ -177,6 +178,18 @@ METERING_COMMAND_BACKOFF_SECONDS = env.list(
 METERING_COMMAND_LEASE_SECONDS = env.float(
     "METERING_COMMAND_LEASE_SECONDS", default=4 * METERING_COMMAND_TIMEOUT + 10
 )
+
+# --- Notifications (core.services.notifications) ---------------------------------------
+# One sender class per channel (dotted path; see core.notifications.Sender). A real SMS
+# gateway is configured by naming its class here through the environment.
+NOTIFICATION_SENDERS = {
+    "sms": env.str("NOTIFICATION_SMS_SENDER", default="core.notifications.ConsoleSmsSender"),
+    "email": env.str("NOTIFICATION_EMAIL_SENDER", default="core.notifications.DjangoEmailSender"),
+    "portal": env.str("NOTIFICATION_PORTAL_SENDER", default="core.notifications.PortalSender"),
+}
+# Django's own default is SMTP on localhost:25; without a mail server every e-mail would
+# fail, so e-mail goes to the console unless the environment names a real backend.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 
 # --- Auth -----------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

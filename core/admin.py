@@ -2,7 +2,7 @@ from django.contrib import admin
 from treebeard.admin import TreeAdmin
 from treebeard.forms import movenodeform_factory
 
-from core.models import OrgUnit, Sequence, StaffProfile, TransformerArea
+from core.models import Notification, OrgUnit, Sequence, StaffProfile, TransformerArea
 
 
 @admin.register(OrgUnit)
@@ -35,6 +35,36 @@ class StaffProfileAdmin(admin.ModelAdmin):
 class SequenceAdmin(admin.ModelAdmin):
     list_display = ["name", "last_value"]
     search_fields = ["name"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    """Read-only: the outbox is written by services and delivered by workers."""
+
+    list_display = [
+        "created_at",
+        "channel",
+        "topic",
+        "recipient",
+        "customer_id",
+        "status",
+        "attempts",
+        "sent_at",
+    ]
+    list_filter = ["status", "channel", "topic"]
+    search_fields = ["recipient", "dedupe_key", "=customer_id", "=account_id", "provider_message_id"]
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in Notification._meta.fields]
+    show_full_result_count = False  # the outbox grows large; no COUNT(*) per page
 
     def has_change_permission(self, request, obj=None):
         return False

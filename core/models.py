@@ -137,3 +137,110 @@ class Sequence(models.Model):
 
     def __str__(self):
         return f"{self.name}={self.last_value}"
+
+
+# --- Notification outbox ------------------------------------------------------------------
+
+
+class NotificationChannel(models.TextChoices):
+    SMS = "sms", _("SMS")
+    EMAIL = "email", _("E-mail")
+    PORTAL = "portal", _("Portal message")
+
+
+class NotificationTopic(models.TextChoices):
+    """What a notification is about. Add members freely: the column holds any short code."""
+
+    LOW_BALANCE_1 = "low_balance_1", _("Low balance, first warning")
+    LOW_BALANCE_2 = "low_balance_2", _("Low balance, second warning")
+    TRIP = "trip", _("Supply cut off for arrears")
+    RESTORE = "restore", _("Supply restored")
+    PAYMENT_RECEIPT = "payment_receipt", _("Payment receipt")
+    ONE_TIME_CODE = "one_time_code", _("One-time code")
+    OTHER = "other", _("Other")
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    SENDING = "sending", _("Sending")
+    SENT = "sent", _("Sent")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+FINAL_NOTIFICATION_STATUSES = frozenset(
+    {NotificationStatus.SENT, NotificationStatus.FAILED, NotificationStatus.CANCELLED}
+)
+
+
+class Notification(models.Model):
+    """One message to one recipient, written in the same transaction as the event that
+    causes it (outbox) and delivered afterwards by ``core.services.notifications``.
+
+    ``customer_id`` / ``account_id`` are plain numbers, not foreign keys: core is the
+    leftmost layer and must not know the customers app. ``dedupe_key`` (unique when set)
+    makes "the same event never queues twice" a database rule, e.g.
+    ``"low_balance_1:account:42:2026-10-01T08:00"``.
+    """
+
+    channel = models.CharField(_("channel"), max_length=16, choices=NotificationChannel.choices)
+    recipient = models.CharField(
+        _("recipient"), max_length=254, blank=True, help_text=_("Phone number or e-mail address.")
+    )
+    topic = models.CharField(_("topic"), max_length=32, choices=NotificationTopic.choices)
+    subject = models.CharField(_("subject"), max_length=200, blank=True)
+    body = models.TextField(_("text"))
+    customer_id = models.BigIntegerField(_("customer id"), null=True, blank=True, db_index=True)
+    account_id = models.BigIntegerField(_("account id"), null=True, blank=True, db_index=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    provider_message_id = models.CharField(_("provider message id"), max_length=200, blank=True)
+    dedupe_key = models.CharField(_("deduplication key"), max_length=200, null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    # While ``sending``: until when the delivering worker's claim holds (see the service).
+    lease_until = models.DateTimeField(_("claimed until"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedupe_key"],
+                condition=models.Q(dedupe_key__isnull=False),
+                name="notification_dedupe_key_unique",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(channel="portal") | ~models.Q(recipient=""),
+                name="notification_recipient_unless_portal",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(channel="portal") | models.Q(customer_id__isnull=False),
+                name="notification_portal_has_customer",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=[s.value for s in NotificationStatus]),
+                name="notification_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="sent") | models.Q(sent_at__isnull=False),
+                name="notification_sent_has_sent_at",
+            ),
+        ]
+        indexes = [
+            # The sweep: undelivered notifications by due time (a small partial index).
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status__in=["pending", "sending"]),
+                name="notification_undelivered_idx",
+            ),
+        ]
+
+    def __str__(self):
+        to = self.recipient or f"customer {self.customer_id}"
+        return f"{self.get_channel_display()} {self.topic} → {to} ({self.status})"

@@ -1,8 +1,16 @@
+import os
 import socket
 
+import structlog
 from celery import shared_task
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
+
+from core.exceptions import NotFound
+from core.services.notifications import notification_deliver, notifications_requeue_due
+
+logger = structlog.get_logger(__name__)
 
 HEARTBEAT_CACHE_KEY = "kilowatt:worker-heartbeat"
 
@@ -15,3 +23,35 @@ def heartbeat():
         {"at": timezone.now().isoformat(), "host": socket.gethostname()},
         timeout=24 * 3600,
     )
+
+
+# --- notification outbox ------------------------------------------------------------------
+
+
+@shared_task(
+    name="core.notification_deliver",
+    bind=True,
+    acks_late=True,
+    # Redelivery after a worker died is safe: the claim (lease) decides who sends.
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=8,
+    ignore_result=True,
+)
+def notification_deliver_task(self, notification_id: int):
+    """One delivery attempt. Sender errors are handled (and rescheduled) by the service;
+    only database trouble is retried here."""
+    worker = f"{self.request.hostname or 'local'}/{os.getpid()}"
+    try:
+        return notification_deliver(notification_id=notification_id, worker=worker).status
+    except NotFound:
+        logger.warning("notification_deliver_unknown", notification=notification_id)
+        return None
+
+
+@shared_task(name="core.notifications_sweep", ignore_result=True)
+def notifications_sweep_task():
+    """Re-queue overdue undelivered notifications (lost tasks, dead workers)."""
+    return notifications_requeue_due()

@@ -252,30 +252,33 @@ def _carry_out(
     for name, value in changes.items():
         setattr(state, name, value)
     state.save(update_fields=[*changes, "updated_at"])
-    row = _record(state, info, decision, trigger, trigger_ref, now, before, after)
 
+    first = None
     if action in (PolicyAction.TRIP, PolicyAction.CLOSE):
+        # Commands first, so the (append-only) decision row names its command. The account
+        # is locked and its state already changed, so the decision happens once; the key
+        # only guards against the same transaction being replayed.
         command_action = CommandAction.TRIP if action == PolicyAction.TRIP else CommandAction.CLOSE
-        first = None
         for meter_id in info.meter_ids:
             command = command_request(
                 meter=Meter(pk=meter_id),
                 action=command_action,
                 reason=decision.message[:200],
                 origin=CommandOrigin.POLICY,
-                idempotency_key=f"policy:{row.pk}:{meter_id}",
+                idempotency_key=f"policy:{info.account_id}:{action}:{now.timestamp():.6f}:{meter_id}",
             )
             first = first or command
-        if first is not None:
-            PolicyDecision.objects.filter(pk=row.pk).update(command=first)
-            row.command = first
+    row = _record(state, info, decision, trigger, trigger_ref, now, before, after, command=first)
     if action != PolicyAction.RECOVER:
         _notify(info, state, action, row)
     return row
 
 
-def _record(state, info, decision: Decision, trigger, trigger_ref, now, before, after) -> PolicyDecision:
+def _record(
+    state, info, decision: Decision, trigger, trigger_ref, now, before, after, command=None
+) -> PolicyDecision:
     return PolicyDecision.objects.create(
+        command=command,
         account_id=info.account_id,
         action=decision.action,
         reason=decision.reason[:40],

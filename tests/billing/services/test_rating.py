@@ -109,7 +109,9 @@ def test_annual_tiers_accumulate_across_readings(tier_tariff, make_prepaid):
     account, meter = make_prepaid(tier_tariff)
     d0 = timezone.localdate() - timedelta(days=5)
     rate_batch(ingest(meter, d0, "1000.00").pk, now=NOW)
-    TierAccumulator.objects.create(account=account, period_start=d0.replace(month=1, day=1), kwh=Decimal("2150"))
+    TierAccumulator.objects.create(
+        account=account, period_start=d0.replace(month=1, day=1), kwh=Decimal("2150")
+    )
     rate_batch(ingest(meter, d0 + timedelta(days=1), "1020.00").pk, now=NOW)
     # 20 kWh with 2150 used: 10 kWh at 0.5283 = 5.283 -> 5.28; 10 kWh at 0.5783 = 5.783 -> 5.78
     # total 11.06
@@ -124,7 +126,9 @@ def test_annual_blocks_are_prorated_for_an_account_opened_mid_year(tier_tariff, 
     account.opened_on = d0.replace(month=7, day=1)
     account.save(update_fields=["opened_on"])
     rate_batch(ingest(meter, d0, "1000.00").pk, now=NOW)
-    TierAccumulator.objects.create(account=account, period_start=d0.replace(month=1, day=1), kwh=Decimal("1080"))
+    TierAccumulator.objects.create(
+        account=account, period_start=d0.replace(month=1, day=1), kwh=Decimal("1080")
+    )
     rate_batch(ingest(meter, d0 + timedelta(days=1), "1020.00").pk, now=NOW)
     # active 1 July - 31 December = 184 of 365 days: block 1 = 2160 x 184 / 365 = 1088.88 -> 1089 kWh
     # 20 kWh with 1080 used: 9 kWh x 0.5283 = 4.7547 -> 4.75; 11 kWh x 0.5783 = 6.3613 -> 6.36; = 11.11
