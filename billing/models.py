@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from core.audit import trackers
@@ -452,7 +453,7 @@ class LedgerEntry(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    created_at = models.DateTimeField(_("posted at"), auto_now_add=True)
+    created_at = models.DateTimeField(_("posted at"), default=timezone.now, editable=False)
 
     class Meta:
         verbose_name = _("ledger entry")
