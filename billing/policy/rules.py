@@ -59,6 +59,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.utils.translation import gettext as _
 
 from billing.policy.calendar import DEFAULT_TZ, NoTripWindows, active_windows
 from core.money import to_decimal
@@ -163,6 +166,14 @@ def decide(
         "close_threshold": str(settings.close_threshold),
     }
 
+    fig = {
+        "available": available,
+        "close": settings.close_threshold,
+        "trip": settings.trip_threshold,
+        "w1": settings.warning1_threshold,
+        "w2": settings.warning2_threshold,
+    }
+
     def result(action, reason, message, blocked_by=()):
         return Decision(
             action=action, reason=reason, message=message, blocked_by=tuple(blocked_by), numbers=numbers
@@ -174,23 +185,27 @@ def decide(
             return result(
                 "close",
                 "above_close_threshold",
-                f"Available balance {available} yuan is above the close threshold "
-                f"{settings.close_threshold} yuan: restore supply.",
+                _(
+                    "Available balance %(available)s yuan is above the close threshold %(close)s yuan: "
+                    "restore supply."
+                )
+                % fig,
             )
         return result(
             "none",
             "tripped_below_close_threshold",
-            f"Supply stays cut off: available balance {available} yuan is not above the close "
-            f"threshold {settings.close_threshold} yuan.",
+            _(
+                "Supply stays cut off: available balance %(available)s yuan is not above the close "
+                "threshold %(close)s yuan."
+            )
+            % fig,
         )
 
     # 2. Below the trip threshold.
     if available < settings.trip_threshold:
         windows_now = active_windows(now, windows, tz)
         window_codes = [code for code, _detail in windows_now]
-        below = (
-            f"Available balance {available} yuan is below the trip threshold {settings.trip_threshold} yuan"
-        )
+        below = _("Available balance %(available)s yuan is below the trip threshold %(trip)s yuan") % fig
 
         warned_at = _required_warning_at(settings.required_warning, state)
         if settings.required_warning and warned_at is None:
@@ -199,7 +214,8 @@ def decide(
             return result(
                 f"warn{level}",
                 WARNING_REQUIRED,
-                f"{below}; the level-{level} warning must be sent before a trip.",
+                _("%(below)s; the level-%(level)s warning must be sent before a trip.")
+                % {"below": below, "level": level},
                 [WARNING_REQUIRED, *other_blocks],
             )
 
@@ -207,48 +223,59 @@ def decide(
         details: list[str] = []
         if state.protected:
             blocks.append(PROTECTED)
-            details.append("the customer is protected (keep-power)")
+            details.append(_("the customer is protected (keep-power)"))
         for code, detail in windows_now:
             blocks.append(code)
             details.append(
-                {"event": f"declared event “{detail}”", "holiday": f"public holiday ({detail})"}.get(
-                    code, f"night hours {detail}"
-                )
+                {
+                    "event": _("declared event “%(detail)s”") % {"detail": detail},
+                    "holiday": _("public holiday (%(detail)s)") % {"detail": detail},
+                }.get(code, _("night hours %(detail)s") % {"detail": detail})
             )
         if warned_at is not None:
             grace_ends_at = warned_at + settings.grace_period
             numbers["grace_ends_at"] = grace_ends_at.isoformat()
             if now < grace_ends_at:
                 blocks.append(GRACE_PERIOD)
-                details.append(f"the grace period after the warning runs until {grace_ends_at.isoformat()}")
+                details.append(
+                    _("the grace period after the warning runs until %(until)s")
+                    % {"until": grace_ends_at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")}
+                )
         if blocks:
             reason = PROTECTED if state.protected else NO_TRIP_WINDOW if window_codes else GRACE_PERIOD
-            return result("trip_withheld", reason, f"{below}; trip withheld: {'; '.join(details)}.", blocks)
-        return result("trip", "below_trip_threshold", f"{below}: cut off supply.")
+            message = _("%(below)s; trip withheld: %(details)s.") % {
+                "below": below,
+                "details": "; ".join(details),
+            }
+            return result("trip_withheld", reason, message, blocks)
+        return result("trip", "below_trip_threshold", _("%(below)s: cut off supply.") % {"below": below})
 
     # 3. The warning ladder.
     if available <= settings.warning2_threshold and state.state != "warning2":
         return result(
             "warn2",
             "below_warning2_threshold",
-            f"Available balance {available} yuan has reached the level-2 warning threshold "
-            f"{settings.warning2_threshold} yuan.",
+            _("Available balance %(available)s yuan has reached the level-2 warning threshold %(w2)s yuan.")
+            % fig,
         )
     if available <= settings.warning1_threshold and state.state == "normal":
         return result(
             "warn1",
             "below_warning1_threshold",
-            f"Available balance {available} yuan has reached the level-1 warning threshold "
-            f"{settings.warning1_threshold} yuan.",
+            _("Available balance %(available)s yuan has reached the level-1 warning threshold %(w1)s yuan.")
+            % fig,
         )
     if state.state in ("warning1", "warning2") and available > settings.warning1_threshold:
         return result(
             "recover",
             "above_warning1_threshold",
-            f"Available balance {available} yuan is above the level-1 warning threshold "
-            f"{settings.warning1_threshold} yuan again: warnings are over.",
+            _(
+                "Available balance %(available)s yuan is above the level-1 warning threshold "
+                "%(w1)s yuan again: warnings are over."
+            )
+            % fig,
         )
-    return result("none", "no_change", f"Available balance {available} yuan: nothing to do.")
+    return result("none", "no_change", _("Available balance %(available)s yuan: nothing to do.") % fig)
 
 
 def _required_warning_at(required: int, state: PolicyState) -> datetime | None:

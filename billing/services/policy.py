@@ -194,20 +194,21 @@ def policy_evaluate(
             logger.warning("no_cost_control_policy", account_id=account_id)
             continue
         allowance = credit_allowance_of(state, policy)
-        decision = decide(
-            balance=state.balance,
-            credit_allowance=allowance,
-            settings=_settings(policy),
-            state=PolicyState(
-                state=state.state,
-                warning1_at=state.warning1_at,
-                warning2_at=state.warning2_at,
-                tripped_at=state.tripped_at,
-                protected=info.protected,
-            ),
-            now=now,
-            windows=_windows(policy, events),
-        )
+        with translation.override(settings.LANGUAGE_CODE):  # stored in the utility's language
+            decision = decide(
+                balance=state.balance,
+                credit_allowance=allowance,
+                settings=_settings(policy),
+                state=PolicyState(
+                    state=state.state,
+                    warning1_at=state.warning1_at,
+                    warning2_at=state.warning2_at,
+                    tripped_at=state.tripped_at,
+                    protected=info.protected,
+                ),
+                now=now,
+                windows=_windows(policy, events),
+            )
         row = _carry_out(state, info, policy, decision, trigger=trigger, trigger_ref=trigger_ref, now=now)
         if row is not None:
             recorded.append(row)
