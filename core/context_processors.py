@@ -11,4 +11,6 @@ def staff(request):
         "can_view_audit": bool(actor and actor.has(Cap.AUDIT_VIEW)),
         "can_view_meters": bool(actor and actor.has(Cap.METER_VIEW)),
         "can_view_collection": bool(actor and actor.has(Cap.COLLECTION_VIEW)),
+        "can_view_billing": bool(actor and actor.has(Cap.LEDGER_VIEW)),
+        "can_approve_adjustments": bool(actor and actor.has(Cap.ADJUSTMENT_APPROVE)),
     }
