@@ -30,6 +30,13 @@ class Cap(StrEnum):
     ADJUSTMENT_REQUEST = "adjustment.request"
     ADJUSTMENT_APPROVE = "adjustment.approve"  # never one's own request (four eyes)
     TARIFF_QUOTE = "tariff.quote"
+    PAYMENT_VIEW = "payment.view"  # payment history, receipts, latency figures
+    PAYMENT_TAKE = "payment.take"  # take payments at the counter, sell vouchers, own shift
+    REVERSAL_REQUEST = "reversal.request"
+    REVERSAL_APPROVE = "reversal.approve"  # never one's own request (four eyes)
+    BANK_RECONCILE = "bank.reconcile"  # import bank files, clear reconciliation items
+    VOUCHER_MANAGE = "voucher.manage"  # issue and void voucher batches
+    REFUND = "refund.make"  # refund the remaining balance of a closing account
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
@@ -42,6 +49,10 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
             Cap.LEDGER_VIEW,
             Cap.ADJUSTMENT_REQUEST,
             Cap.TARIFF_QUOTE,
+            Cap.PAYMENT_VIEW,
+            Cap.PAYMENT_TAKE,
+            Cap.REVERSAL_REQUEST,
+            Cap.REFUND,
         }
     ),
     Role.INSPECTOR: frozenset(
@@ -55,6 +66,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
             Cap.COLLECTION_VIEW,
             Cap.LEDGER_VIEW,
             Cap.TARIFF_QUOTE,
+            Cap.PAYMENT_VIEW,
         }
     ),
     Role.MANAGER: frozenset(
@@ -69,6 +81,12 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
             Cap.ADJUSTMENT_REQUEST,
             Cap.ADJUSTMENT_APPROVE,
             Cap.TARIFF_QUOTE,
+            Cap.PAYMENT_VIEW,
+            Cap.REVERSAL_REQUEST,
+            Cap.REVERSAL_APPROVE,
+            Cap.BANK_RECONCILE,
+            Cap.VOUCHER_MANAGE,
+            Cap.REFUND,
         }
     ),
     Role.ADMIN: frozenset(Cap),

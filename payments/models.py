@@ -83,9 +83,15 @@ class CashierShift(models.Model):
 
 
 class TerminalDevice(models.Model):
-    """A self-service payment terminal; its secret is stored only as a hash."""
+    """A machine client of the payment APIs (a self-service terminal, or the phone system's
+    IVR); its secret is stored only as a hash."""
+
+    class Kind(models.TextChoices):
+        TERMINAL = "terminal", _("Self-service terminal")
+        IVR = "ivr", _("Phone system (IVR)")
 
     code = models.CharField(_("device code"), max_length=32, unique=True)
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.TERMINAL)
     hall = models.ForeignKey(OrgUnit, verbose_name=_("hall"), on_delete=models.PROTECT, related_name="+")
     secret_hash = models.CharField(max_length=128, editable=False)
     active = models.BooleanField(_("active"), default=True)
