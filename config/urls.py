@@ -17,10 +17,12 @@ urlpatterns = [
     path("customers/", include("customers.urls")),
     path("metering/", include("metering.urls")),
     path("billing/", include("billing.urls")),
+    path("payments/", include("payments.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("customers.api_urls")),
     path("api/v1/metering/", include("metering.api_urls")),
     path("api/v1/billing/", include("billing.api_urls")),
+    path("api/v1/payments/", include("payments.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
