@@ -9,4 +9,5 @@ urlpatterns = [
     path("vouchers/", include("payments.urls_vouchers")),
     path("bank/", include("payments.urls_bank")),
     path("online/", include("payments.urls_gateway")),
+    path("power-back/", include("payments.urls_latency")),
 ]
