@@ -15,9 +15,17 @@ batch. ``completed_at`` is set when the last chunk is done. So:
 - two deliveries of the same batch at the same time cannot both store it: each chunk
   transaction locks the batch row and checks that nobody else advanced it.
 
-Per chunk on PostgreSQL, one query resolves the meters named in the chunk together with
-their installations, service point multiplier, contracted capacity and latest actual
-reading; only meters whose readings are not simply newer than what is stored (a late
+On PostgreSQL, plain readings take a set-based lane (``reading_lane``): Python checks
+only their form and timestamps and COPYs their text to a temporary table, and one statement
+joins them with meters, installations and latest readings, applies the register checks
+and inserts the meters whose readings all pass. Everything else, and every meter the lane
+cannot judge or would reject, goes through the Python validator below, which writes the
+reasons. The next chunk is read and split in a helper thread while the current one is
+stored.
+
+For the Python validator on PostgreSQL, one query resolves the meters named in the chunk
+together with their installations, service point multiplier, contracted capacity and latest
+actual reading; only meters whose readings are not simply newer than what is stored (a late
 reading, a repeat, a long silence) need a second look-up. Validation is plain Python on
 dicts. Accepted rows are written with COPY into a temporary table and
 ``INSERT ... SELECT ... ON CONFLICT (meter_id, read_date)``, so a reading stored by a
@@ -47,6 +55,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -75,6 +84,7 @@ from metering.models import (
     RejectedReading,
     RejectionReason,
 )
+from metering.services import reading_lane
 
 logger = structlog.get_logger(__name__)
 
@@ -171,19 +181,28 @@ class _CompletedMeanwhile(Exception):  # noqa: N818 - control flow, never leaves
 def _ingest_chunks(batch: ReadingBatch, readings: Iterable[dict]) -> None:
     done = _processed(batch)
     fast = _pg_fast_path()
+    # Estimates follow their own rules (stored as estimates, never a baseline): Python only.
+    lane = fast and _lane_fast_path() and batch.source != ESTIMATED
     numbered = itertools.islice(enumerate(readings), done, None)
-    for chunk in _chunks(numbered, CHUNK_SIZE if fast else PORTABLE_CHUNK_SIZE):
-        parsed, rejections = _parse_chunk(chunk, timezone.now())
-        with transaction.atomic():
-            _lock_batch(batch.pk, expected_processed=done)
-            counts = _store_chunk(batch, parsed, rejections, fast=fast)
-            ReadingBatch.objects.filter(pk=batch.pk).update(
-                accepted=F("accepted") + counts.accepted,
-                duplicates=F("duplicates") + counts.duplicates,
-                rejected=F("rejected") + counts.rejected,
-                flagged=F("flagged") + counts.flagged,
-            )
-        done += len(chunk)
+    if lane:
+        prepared_chunks = _lane_chunks(numbered)
+    else:
+        prepared_chunks = _parsed_chunks(numbered, CHUNK_SIZE if fast else PORTABLE_CHUNK_SIZE)
+    # Parsing (and for the lane, sorting out the plain readings) needs no lock.
+    try:
+        for chunk, now, prepared in prepared_chunks:
+            with transaction.atomic():
+                _lock_batch(batch.pk, expected_processed=done)
+                counts = _store_chunk(batch, chunk, prepared, fast=fast, now=now)
+                ReadingBatch.objects.filter(pk=batch.pk).update(
+                    accepted=F("accepted") + counts.accepted,
+                    duplicates=F("duplicates") + counts.duplicates,
+                    rejected=F("rejected") + counts.rejected,
+                    flagged=F("flagged") + counts.flagged,
+                )
+            done += len(chunk)
+    finally:
+        prepared_chunks.close()  # stops the helper thread's read-ahead
     with transaction.atomic():
         locked = _lock_batch(batch.pk, expected_processed=done)
         if locked.completed_at is None:
@@ -200,6 +219,94 @@ def _ingest_chunks(batch: ReadingBatch, readings: Iterable[dict]) -> None:
         rejected=locked.rejected,
         flagged=locked.flagged,
     )
+
+
+def _parsed_chunks(numbered: Iterator, size: int) -> Iterator[tuple[list, datetime, tuple]]:
+    for chunk in _chunks(numbered, size):
+        now = timezone.now()
+        yield chunk, now, _parse_chunk(chunk, now)
+
+
+def _lane_chunks(numbered: Iterator) -> Iterator[tuple[list, datetime, reading_lane.LaneSplit]]:
+    """Chunks with the lane's split of them. The next chunk is read and split in a helper
+    thread while the database stores the current one: the split touches neither the
+    database nor translations, and the input is read by that one thread only."""
+    chunks = _chunks(numbered, CHUNK_SIZE)
+    tz = timezone.get_current_timezone()
+
+    def prepare():
+        chunk = next(chunks, None)
+        if chunk is None:
+            return None
+        now = timezone.now()
+        return chunk, now, reading_lane.split_chunk(chunk, now, CLOCK_SKEW, tz)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="readings-lane") as pool:
+        pending = pool.submit(prepare)
+        while (prepared := pending.result()) is not None:
+            pending = pool.submit(prepare)
+            yield prepared
+
+
+def _store_chunk(batch: ReadingBatch, chunk: list, prepared, *, fast: bool, now: datetime) -> _Counts:
+    """Store one chunk, inside its transaction; ``prepared`` is the lane's split of it or
+    the Python parser's (parsed, rejections)."""
+    if isinstance(prepared, reading_lane.LaneSplit):
+        return _store_chunk_with_lane(batch, chunk, prepared, now)
+    parsed, rejections = prepared
+    return _store_parsed(batch, parsed, rejections, fast=fast)
+
+
+def _store_chunk_with_lane(batch: ReadingBatch, chunk: list, split: reading_lane.LaneSplit, now: datetime):
+    """The plain readings through the set-based lane (see reading_lane), everything it
+    passes on and the rest of the chunk through the Python validator."""
+    stored, python_part = 0, split.rest
+    if split.lane_size:
+        params = {
+            "hours": HOURS_PER_DAY,
+            "headroom": CAPACITY_HEADROOM,
+            "ceiling": _daily_ceiling(),
+            "since": split.first_day - timedelta(days=LATEST_LOOKBACK_DAYS),
+            # No reading is stored for a day after today: with both bounds literal, only
+            # the monthly partitions in between are searched.
+            "today": timezone.localdate(now),
+            "tou_ratio": TOU_TOLERANCE_RATIO,
+            "tou_kwh": TOU_TOLERANCE_KWH,
+            "rollover": REGISTER_ROLLOVER,
+            "rollover_note": _("register rolled over at %(limit)s kWh") % {"limit": _kwh(REGISTER_ROLLOVER)},
+        }
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+                # The statement sorts the chunk twice (by meter and date): in memory.
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+                stored, passed_on = reading_lane.store_lane(
+                    cursor, split, batch_id=batch.pk, source=batch.source, params=params
+                )
+        except IntegrityError:
+            # Another delivery stored one of these (meter, day) meanwhile: let the Python
+            # validator, which settles such races, take the whole chunk.
+            stored, python_part = 0, chunk
+        else:
+            if passed_on:
+                start = chunk[0][0]
+                python_part = sorted([*split.rest, *(chunk[p - start] for p in passed_on)], key=_first)
+    counts = _Counts()
+    if python_part:
+        parsed, rejections = _parse_chunk(python_part, now)
+        counts = _store_parsed(batch, parsed, rejections, fast=True)
+    counts.accepted += stored
+    return counts
+
+
+def _first(item):
+    return item[0]
+
+
+def _lane_fast_path() -> bool:
+    """Whether plain readings take the set-based lane on PostgreSQL (tests switch it off
+    to run the Python validator alone)."""
+    return True
 
 
 def _processed(batch: ReadingBatch) -> int:
@@ -1167,7 +1274,7 @@ def _not_between(reading, before_date, before_total, after_date, after_total) ->
 # --- one chunk -----------------------------------------------------------------------------
 
 
-def _store_chunk(batch: ReadingBatch, parsed: list[_Reading], rejections: list[_Rejection], *, fast: bool):
+def _store_parsed(batch: ReadingBatch, parsed: list[_Reading], rejections: list[_Rejection], *, fast: bool):
     if fast:
         with connection.cursor() as cursor:
             # JIT compilation costs more than it saves on these short, wide queries.

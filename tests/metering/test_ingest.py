@@ -31,6 +31,7 @@ from metering.models import (
     RejectedReading,
     RejectionReason,
 )
+from metering.services import reading_lane
 from metering.services import readings as readings_module
 from metering.services.readings import readings_ingest
 from tests.metering.conftest import local_midnight, next_address, reading
@@ -38,6 +39,12 @@ from tests.metering.conftest import local_midnight, next_address, reading
 pytestmark = [pytest.mark.usefixtures("fast_password_hashing", "english")]
 
 _batch_ids = itertools.count(1)
+
+# The set-based lane, chunking and concurrent deliveries are PostgreSQL's; the portable
+# (SQLite) path runs the rest of this module.
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL path (lane, chunks, concurrent deliveries)"
+)
 
 
 def ingest(readings, *, batch_id=None, source=ReadingSource.EXTERNAL):
@@ -587,6 +594,7 @@ def test_bad_source_or_batch_id_raise():
         readings_ingest(source=ReadingSource.EXTERNAL, external_id="", readings=[])
 
 
+@postgres_only
 @pytest.mark.django_db
 def test_an_interrupted_batch_is_resumed_by_its_redelivery(
     meter, make_service_point, install_meter, today, monkeypatch
@@ -662,6 +670,167 @@ def test_the_portable_path_gives_the_same_results(meter, today, monkeypatch):
     assert only_rejection(batch).reason == RejectionReason.REGISTER_DECREASE
 
 
+# --- the set-based lane (PostgreSQL) and the Python validator agree ------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("lane", [True, False], ids=["set-based lane", "python validator"])
+def test_a_mixed_delivery_gives_the_same_results_through_the_lane_and_in_python(
+    meter, make_service_point, install_meter, today, monkeypatch, lane
+):
+    if not lane:
+        monkeypatch.setattr(readings_module, "_lane_fast_path", lambda: False)
+    nine_days_ago = local_midnight(today - timedelta(days=9))
+    rolling = install_meter(make_service_point(), installed_at=nine_days_ago, initial_total=Decimal("999900"))
+    repeated = install_meter(make_service_point(), installed_at=nine_days_ago)
+    by_id = install_meter(make_service_point(), installed_at=nine_days_ago)
+    ingest([reading(repeated, today - timedelta(days=3), "10.00")])
+    t = {n: today - timedelta(days=n) for n in range(1, 6)}
+    batch = ingest(
+        [
+            # `meter` (from 100.00 at installation, at most 230.40 kWh a day):
+            reading(meter, t[5], "150.00"),  # 50.00 kWh since installation 55 days ago
+            reading(meter, t[4], "160.00"),  # +10.00
+            reading(meter, t[3], "155.00"),  # below 160.00: rejected
+            reading(meter, t[2], "170.00"),  # +10.00 over 2 days from 160.00
+            # `rolling` (from 999,900.00 at installation 9 days ago):
+            reading(rolling, t[2], "999990.00"),  # +90.00 in 7 days
+            reading(rolling, t[1], "15.00"),  # 15.00 + 1,000,000.00 - 999,990.00 = 25.00 kWh
+            # `repeated` (10.00 stored for t-3): the same day twice in the batch
+            reading(repeated, t[2], "20.00"),
+            reading(repeated, t[2], "20.00"),
+            # `by_id`: once by id, once by address
+            {**reading(by_id, t[2], "5.00"), "meter": None, "meter_id": str(by_id.pk)},
+            reading(by_id, t[1], "7.00"),
+            reading("999999999999", t[1], "1.00"),
+        ]
+    )
+    # accepted: meter 3 + rolling 2 + repeated 1 + by_id 2 = 8; one duplicate; rejected:
+    # the decrease and the unknown meter = 2; 8 + 1 + 2 = 11 readings.
+    assert (batch.accepted, batch.duplicates, batch.rejected, batch.flagged) == (8, 1, 2, 0)
+    assert dict(batch.rejections.values_list("position", "reason")) == {
+        2: RejectionReason.REGISTER_DECREASE,
+        10: RejectionReason.UNKNOWN_METER,
+    }
+    assert "160.00 kWh on" in batch.rejections.get(position=2).message
+    rows = DailyReading.objects.filter(meter=meter).order_by("read_date")
+    assert [(r.read_date, r.forward_total, r.quality) for r in rows] == [
+        (t[5], Decimal("150.00"), ReadingQuality.VALID),
+        (t[4], Decimal("160.00"), ReadingQuality.VALID),
+        (t[2], Decimal("170.00"), ReadingQuality.VALID),
+    ]
+    rolled = stored(rolling, t[1])
+    assert rolled.quality == ReadingQuality.ROLLOVER
+    assert rolled.quality_note == "register rolled over at 1,000,000.00 kWh"
+    assert stored(rolling, t[2]).quality == ReadingQuality.VALID
+    assert stored(rolling, t[2]).service_point_id == rolling.service_point_id
+    assert stored(repeated, t[2]).forward_total == Decimal("20.00")
+    assert [r.forward_total for r in DailyReading.objects.filter(meter=by_id)] == [
+        Decimal("5.00"),
+        Decimal("7.00"),
+    ]
+    assert DailyReading.objects.filter(batch=batch).count() == 8
+    assert set(DailyReading.objects.filter(batch=batch).values_list("source", flat=True)) == {"external"}
+
+
+@pytest.fixture
+def judged_in_python(monkeypatch):
+    """The positions the Python validator is given, chunk by chunk."""
+    seen = []
+    real_parse = readings_module._parse_chunk
+
+    def parse(chunk, now):
+        seen.append([position for position, _raw in chunk])
+        return real_parse(chunk, now)
+
+    monkeypatch.setattr(readings_module, "_parse_chunk", parse)
+    return seen
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_plain_readings_are_stored_by_the_lane_and_the_rest_judged_in_python(
+    meter, make_service_point, install_meter, today, judged_in_python
+):
+    other = install_meter(make_service_point(), installed_at=local_midnight(today - timedelta(days=9)))
+    day = today - timedelta(days=1)
+    batch = ingest(
+        [
+            reading(meter, day, "110.00", forward_peak="60.00", forward_valley="50.00"),
+            reading(other, day, "12.345"),  # three decimals: not the lane's form
+            reading(meter, day, "110.00", quality="suspect") | {"meter": "000000000001"},  # unknown
+        ]
+    )
+    assert judged_in_python == [[1, 2]]
+    assert (batch.accepted, batch.rejected) == (2, 1)
+    row = stored(meter, day)
+    assert (row.forward_peak, row.forward_valley, row.quality) == (
+        Decimal("60.00"),
+        Decimal("50.00"),
+        ReadingQuality.VALID,
+    )
+    assert stored(other, day).forward_total == Decimal("12.35")  # 12.345 rounded half-up
+
+
+@pytest.mark.django_db
+def test_the_lane_leaves_a_meter_to_python_when_it_cannot_judge_it(meter, today, judged_in_python):
+    ingest([reading(meter, today - timedelta(days=20), "150.00")])
+    judged_in_python.clear()
+    # Silent for longer than the look-back (7 days): the lane does not search further
+    # back, Python does: 60.00 kWh in 18 days from 150.00.
+    batch = ingest([reading(meter, today - timedelta(days=2), "210.00")])
+    assert judged_in_python == [[0]]
+    assert batch.accepted == 1
+    assert stored(meter, today - timedelta(days=2)).quality == ReadingQuality.VALID
+
+
+@pytest.mark.django_db
+def test_the_lane_passes_time_of_use_registers_that_do_not_add_up_to_python(meter, today, judged_in_python):
+    day = today - timedelta(days=1)
+    # 10.00 + 20.00 = 30.00 against a total of 110.00: off by more than 0.11 + 0.02 kWh.
+    batch = ingest([reading(meter, day, "110.00", forward_peak="10.00", forward_valley="20.00")])
+    assert judged_in_python == [[0]]
+    assert (batch.accepted, batch.flagged) == (1, 1)
+    assert stored(meter, day).quality == ReadingQuality.SUSPECT
+
+
+def test_split_chunk_takes_only_plain_strings_for_the_lane():
+    now = timezone.now()
+    day = timezone.localdate(now) - timedelta(days=1)
+    plain = {
+        "meter": "000000000001",
+        "read_date": day.isoformat(),
+        "read_at": f"{day.isoformat()}T00:15:00+08:00",
+        "forward_total": "1.00",
+    }
+    tomorrow = (day + timedelta(days=2)).isoformat()
+    chunk = list(
+        enumerate(
+            [
+                plain,
+                plain | {"forward_total": "1e3"},
+                plain | {"forward_total": " 1.00"},
+                plain | {"forward_total": "1.005"},
+                plain | {"forward_total": Decimal("1.00")},
+                plain | {"read_at": f"{day.isoformat()}T00:15:00"},  # no offset
+                plain | {"read_date": tomorrow, "read_at": f"{tomorrow}T00:15:00+08:00"},
+                plain | {"read_date": "2026-02-30"},
+                plain | {"meter": "00000000000\t"},
+                plain | {"comment": "x"},
+                plain | {"max_demand_kw": "1.2345", "remaining_balance": "-3.5", "meter": "000000000002"},
+                "not a reading",
+            ]
+        )
+    )
+    split = reading_lane.split_chunk(chunk, now, timedelta(minutes=5))
+    # Reading 0 names the same meter as readings that go to Python, so it goes too.
+    assert [position for position, _raw in split.rest] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert split.lane_size == 1
+    assert [shape.lines for shape in split.shapes] == [
+        [f"10\t000000000002\t{day}\t{day}T00:15:00+08:00\t1.00\t1.2345\t-3.5\n"]
+    ]
+
+
 # --- after commit: the listener --------------------------------------------------------------
 
 
@@ -718,10 +887,12 @@ def _run_in_threads(*jobs):
     return results
 
 
+@postgres_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("same_values", [True, False])
+@pytest.mark.parametrize("lane", [True, False], ids=["set-based lane", "python validator"])
 def test_overlapping_batches_at_the_same_time_store_each_reading_once(
-    customer, make_service_point, install_meter, today, monkeypatch, same_values
+    customer, make_service_point, install_meter, today, monkeypatch, same_values, lane
 ):
     meters = [
         install_meter(make_service_point(), installed_at=local_midnight(today - timedelta(days=9)))
@@ -733,14 +904,26 @@ def test_overlapping_batches_at_the_same_time_store_each_reading_once(
     # Both deliveries look up the stored readings before either inserts: the database's
     # unique key has to settle the overlap.
     looked_up = threading.Barrier(2)
-    real_context = readings_module._context_postgres
+    if lane:
+        # The lane looks up and inserts in one statement: both start it together, and
+        # the one that loses on the unique key hands its chunk to the Python validator.
+        real_store_lane = reading_lane.store_lane
 
-    def context_then_wait(*args, **kwargs):
-        result = real_context(*args, **kwargs)
-        looked_up.wait(10)
-        return result
+        def wait_then_store_lane(*args, **kwargs):
+            looked_up.wait(10)
+            return real_store_lane(*args, **kwargs)
 
-    monkeypatch.setattr(readings_module, "_context_postgres", context_then_wait)
+        monkeypatch.setattr(reading_lane, "store_lane", wait_then_store_lane)
+    else:
+        monkeypatch.setattr(readings_module, "_lane_fast_path", lambda: False)
+        real_context = readings_module._context_postgres
+
+        def context_then_wait(*args, **kwargs):
+            result = real_context(*args, **kwargs)
+            looked_up.wait(10)
+            return result
+
+        monkeypatch.setattr(readings_module, "_context_postgres", context_then_wait)
     a, b = _run_in_threads(lambda: ingest(first, batch_id="A"), lambda: ingest(second, batch_id="B"))
 
     assert DailyReading.objects.filter(read_date=day).count() == 12
@@ -759,6 +942,7 @@ def test_overlapping_batches_at_the_same_time_store_each_reading_once(
     )
 
 
+@postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_the_same_batch_delivered_twice_at_once_is_stored_once(meter, today):
     payloads = [reading(meter, today - timedelta(days=1), "120.00")]
