@@ -219,8 +219,10 @@ class BankFileLine(models.Model):
         return f"{self.bank_serial} {self.amount}"
 
 
+@pghistory.track(*trackers())
 class ReconciliationItem(models.Model):
-    """One finding of matching a bank file against what was posted in real time."""
+    """One finding of matching a bank file against what was posted in real time. Tracked, so
+    that clearing an item (who, when, note; before/after) stays in the audit trail."""
 
     class Kind(models.TextChoices):
         MATCHED = "matched", _("Matched")
