@@ -5,6 +5,8 @@ filesystem Celery broker in ``var/broker`` that a real worker process consumes.
 ``DATABASE_URL`` and ``REDIS_URL`` switch to PostgreSQL and Redis.
 """
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import environ
@@ -190,6 +192,19 @@ NOTIFICATION_SENDERS = {
 # Django's own default is SMTP on localhost:25; without a mail server every e-mail would
 # fail, so e-mail goes to the console unless the environment names a real backend.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+
+# --- Online payment gateways (payments.gateways) ---------------------------------------
+# Adapters by name (see payments/gateways/base.py). The simulated gateway ("sim") pays
+# without money, for the demo and tests: production sets PAYMENT_SIM_GATEWAY=false and names
+# real adapters in PAYMENT_GATEWAYS_EXTRA ("alipay=payments.gateways.alipay.AlipayGateway").
+PAYMENT_SIM_GATEWAY = env.bool("PAYMENT_SIM_GATEWAY", default=True)
+PAYMENT_GATEWAYS = {"sim": "payments.gateways.simulated.SimulatedGateway"} if PAYMENT_SIM_GATEWAY else {}
+PAYMENT_GATEWAYS.update(env.dict("PAYMENT_GATEWAYS_EXTRA", default={}))
+# The simulated gateway's signing key; by default a key derived from SECRET_KEY (none in the repo).
+PAYMENT_SIM_SECRET = (
+    env.str("PAYMENT_SIM_SECRET", default="")
+    or hmac.new(SECRET_KEY.encode(), b"kilowatt.payments.sim-gateway.v1", hashlib.sha256).hexdigest()
+)
 
 # --- Auth -----------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

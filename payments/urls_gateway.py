@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+"""/payments/online/: the simulated gateway's cashier page."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from payments import views_gateway as views
+
+urlpatterns = [
+    path("sim/pay/<str:order_no>/", views.sim_cashier, name="online-sim-pay"),
+]
