@@ -45,6 +45,7 @@ from billing.services.tariffs import tariff_specs
 from core.money import quantize_energy, quantize_yuan
 from customers.models import Account, CustomerCategory, SettlementMode
 from metering.models import CostControlMode, DailyReading, Meter, MeterStatus
+from payments.models import Channel, Method, Payment
 
 D = Decimal
 ALL_YEAR = "1,2,3,4,5,6,7,8,9,10,11,12"
@@ -410,6 +411,7 @@ def build_ledgers(rng: random.Random, *, today: date) -> dict[str, int]:
         balances[account_id] = target
 
     LedgerEntry.objects.bulk_create(entries, batch_size=5000)
+    _payment_rows([e for e in entries if e.kind == EntryKind.PAYMENT])
     now = timezone.now()
     warned = {a for a, _t, _d in low_accounts}
     AccountBilling.objects.bulk_create(
@@ -450,6 +452,40 @@ def _payment(account_id, amount, day, stamp, key, channel) -> LedgerEntry:
         idempotency_key=f"demo-payment:{key}",
         created_at=stamp,
     )
+
+
+# How the demo's payments came in: the channel named in the entry's description.
+CHANNELS = {
+    "开户预存": (Channel.COUNTER, Method.CASH),
+    "柜台现金": (Channel.COUNTER, Method.CASH),
+    "银行代收": (Channel.BANK, Method.TRANSFER),
+    "网上国网": (Channel.ONLINE, Method.ONLINE),
+    "支付宝": (Channel.ONLINE, Method.ONLINE),
+    "微信": (Channel.ONLINE, Method.ONLINE),
+}
+
+
+def _payment_rows(entries: list[LedgerEntry]) -> None:
+    """The payments app's record of each demo payment (its ledger entry is already posted)."""
+    rows = []
+    for e in entries:
+        label = e.description.removeprefix("缴费（").removesuffix("）")
+        channel, method = CHANNELS.get(label, (Channel.COUNTER, Method.CASH))
+        rows.append(
+            Payment(
+                channel=channel,
+                external_id=e.source_ref,
+                account_id=e.account_id,
+                amount=e.amount,
+                method=method,
+                received_at=e.created_at,
+                posted_at=e.created_at,
+                entry_id=e.pk,
+                payer="",
+                details={"demo": True},
+            )
+        )
+    Payment.objects.bulk_create(rows, batch_size=5000)
 
 
 def _consumption(prev, row, mult, version) -> dict:

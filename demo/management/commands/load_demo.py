@@ -8,6 +8,7 @@ from customers.models import Customer
 from demo import billing as billing_builder
 from demo import customers as customer_builder
 from demo import metering as metering_builder
+from demo import payments as payments_builder
 from demo.org import DEMO_PASSWORD, DEMO_USERS
 
 
@@ -42,6 +43,7 @@ class Command(BaseCommand):
             stored = metering_builder.build_history(rng, days=history_days, today=today)
             self.stdout.write(f"daily readings: {stored} ({history_days} days of history)")
         billing_builder.build(random.Random(seed + 2), today=today, log=lambda m: self.stdout.write(m))
+        payments_builder.build(log=lambda m: self.stdout.write(m))
         self.stdout.write(self.style.SUCCESS(f"Demo utility loaded in {time.monotonic() - started:.1f} s."))
         self.stdout.write(f"Logins (password for all: {DEMO_PASSWORD}):")
         for user in DEMO_USERS:
