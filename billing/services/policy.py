@@ -21,7 +21,7 @@ from decimal import Decimal
 import structlog
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
@@ -167,6 +167,30 @@ def credit_allowance_of(state: AccountBilling, policy: CostControlPolicy | None)
     return policy.credit_allowance if policy is not None else Decimal("0.00")
 
 
+def policy_quiet_above() -> Decimal | None:
+    """The highest level-1 warning threshold of any policy (None without policies): an
+    account in state normal, with no withheld trip on record, whose balance plus a
+    non-negative credit allowance is above it, cannot get any decision (see ``policy_may_act``)."""
+    return CostControlPolicy.objects.aggregate(m=Max("warning1_threshold"))["m"]
+
+
+def policy_may_act(
+    balance: Decimal, credit_allowance: Decimal | None, state: str, withheld_reason: str, quiet_above
+) -> bool:
+    """False when no policy could decide anything for an account with these figures, so
+    callers can leave it out before loading anything: state normal and nothing withheld,
+    and an available balance (at least ``balance``, since a credit allowance is never
+    negative) above every policy's level-1 warning threshold. ``decide`` then answers
+    ``none`` whatever the policy (every threshold is at or below warning level 1)."""
+    if state != CostControlState.NORMAL or withheld_reason or quiet_above is None:
+        return True
+    if credit_allowance is not None:
+        if credit_allowance < 0:
+            return True  # let decide() reject it, as before
+        balance += credit_allowance
+    return balance <= quiet_above
+
+
 def policy_evaluate(
     states: dict[int, AccountBilling],
     *,
@@ -175,17 +199,26 @@ def policy_evaluate(
     now: datetime | None = None,
 ) -> list[PolicyDecision]:
     """Decide for every account in ``states`` (locked by the caller, balances current) and
-    carry the decisions out. Returns the decisions recorded."""
+    carry the decisions out. Returns the decisions recorded. Accounts for which no decision
+    is possible (``policy_may_act``) are left out before anything is loaded."""
     if not states:
         return []
     assert transaction.get_connection().in_atomic_block, "policy_evaluate needs the caller's transaction"
     now = now or timezone.now()
+    quiet_above = policy_quiet_above()
+    states = {
+        a: s
+        for a, s in states.items()
+        if policy_may_act(s.balance, s.credit_allowance, s.state, s.withheld_reason, quiet_above)
+    }
+    if not states:
+        return []
     governed = _governed(list(states))
     if not governed:
         return []
     policies = _Policies()
     events = _events(now)
-    recorded: list[PolicyDecision] = []
+    decided: list[tuple[AccountBilling, _Governed, Decision]] = []
     for account_id in sorted(governed):
         state = states[account_id]
         info = governed[account_id]
@@ -194,91 +227,101 @@ def policy_evaluate(
             logger.warning("no_cost_control_policy", account_id=account_id)
             continue
         allowance = credit_allowance_of(state, policy)
-        with translation.override(settings.LANGUAGE_CODE):  # stored in the utility's language
-            decision = decide(
-                balance=state.balance,
-                credit_allowance=allowance,
-                settings=_settings(policy),
-                state=PolicyState(
-                    state=state.state,
-                    warning1_at=state.warning1_at,
-                    warning2_at=state.warning2_at,
-                    tripped_at=state.tripped_at,
-                    protected=info.protected,
-                ),
-                now=now,
-                windows=_windows(policy, events),
-            )
-        row = _carry_out(state, info, policy, decision, trigger=trigger, trigger_ref=trigger_ref, now=now)
-        if row is not None:
-            recorded.append(row)
-    return recorded
+        decision = decide(
+            balance=state.balance,
+            credit_allowance=allowance,
+            settings=_settings(policy),
+            state=PolicyState(
+                state=state.state,
+                warning1_at=state.warning1_at,
+                warning2_at=state.warning2_at,
+                tripped_at=state.tripped_at,
+                protected=info.protected,
+            ),
+            now=now,
+            windows=_windows(policy, events),
+        )
+        if decision.action != PolicyAction.NONE:
+            decided.append((state, info, decision))
+    return _carry_out(decided, trigger=trigger, trigger_ref=trigger_ref, now=now)
 
 
 def _carry_out(
-    state: AccountBilling,
-    info: _Governed,
-    policy: CostControlPolicy,
-    decision: Decision,
+    decided: list[tuple[AccountBilling, _Governed, Decision]],
     *,
     trigger: str,
     trigger_ref: str,
     now: datetime,
-) -> PolicyDecision | None:
-    action = PolicyAction(decision.action)
-    if action == PolicyAction.NONE:
-        return None
-    if action == PolicyAction.TRIP_WITHHELD:
-        # Recorded when the reason changes, not at every rating of a withheld account.
-        reason = ",".join(decision.blocked_by) or decision.reason
-        if state.withheld_reason == reason:
-            return None
-        state.withheld_reason = reason[:100]
-        AccountBilling.objects.filter(pk=state.pk).update(withheld_reason=state.withheld_reason)
-        return _record(state, info, decision, trigger, trigger_ref, now, state.state, state.state)
-
-    before = state.state
-    after = STATE_AFTER[action]
-    changes = {"state": after, "state_changed_at": now, "withheld_reason": ""}
-    if action == PolicyAction.WARN1:
-        changes["warning1_at"] = now
-    elif action == PolicyAction.WARN2:
-        changes["warning2_at"] = now
-        if state.warning1_at is None:
+) -> list[PolicyDecision]:
+    """Carry the decisions out: the new states (one UPDATE), the remote commands, the
+    decision rows (one INSERT) and the customers' notifications."""
+    carried: list[tuple[AccountBilling, _Governed, Decision, str, str, str]] = []
+    # Accounts whose state fields change the same way are updated together.
+    updates: dict[tuple, list[int]] = defaultdict(list)
+    for state, info, decision in decided:
+        action = PolicyAction(decision.action)
+        if action == PolicyAction.TRIP_WITHHELD:
+            # Recorded when the reason changes, not at every rating of a withheld account.
+            reason = ",".join(decision.blocked_by) or decision.reason
+            if state.withheld_reason == reason:
+                continue
+            state.withheld_reason = reason[:100]
+            updates[(("withheld_reason", state.withheld_reason),)].append(state.pk)
+            carried.append((state, info, decision, action, state.state, state.state))
+            continue
+        before = state.state
+        after = STATE_AFTER[action]
+        changes = {"state": after, "state_changed_at": now, "withheld_reason": ""}
+        if action == PolicyAction.WARN1:
             changes["warning1_at"] = now
-    elif action == PolicyAction.TRIP:
-        changes["tripped_at"] = now
-    elif action in (PolicyAction.CLOSE, PolicyAction.RECOVER):
-        changes.update(warning1_at=None, warning2_at=None, tripped_at=None)
-    for name, value in changes.items():
-        setattr(state, name, value)
-    state.save(update_fields=[*changes, "updated_at"])
+        elif action == PolicyAction.WARN2:
+            changes["warning2_at"] = now
+            if state.warning1_at is None:
+                changes["warning1_at"] = now
+        elif action == PolicyAction.TRIP:
+            changes["tripped_at"] = now
+        elif action in (PolicyAction.CLOSE, PolicyAction.RECOVER):
+            changes.update(warning1_at=None, warning2_at=None, tripped_at=None)
+        for name, value in changes.items():
+            setattr(state, name, value)
+        updates[tuple(changes.items())].append(state.pk)
+        carried.append((state, info, decision, action, before, after))
+    if not carried:
+        return []
+    stamp = timezone.now()
+    for changes, account_ids in updates.items():
+        AccountBilling.objects.filter(pk__in=account_ids).update(**dict(changes), updated_at=stamp)
 
-    first = None
-    if action in (PolicyAction.TRIP, PolicyAction.CLOSE):
-        # Commands first, so the (append-only) decision row names its command. The account
-        # is locked and its state already changed, so the decision happens once; the key
-        # only guards against the same transaction being replayed.
-        command_action = CommandAction.TRIP if action == PolicyAction.TRIP else CommandAction.CLOSE
-        for meter_id in info.meter_ids:
-            command = command_request(
-                meter=Meter(pk=meter_id),
-                action=command_action,
-                reason=decision.message[:200],
-                origin=CommandOrigin.POLICY,
-                idempotency_key=f"policy:{info.account_id}:{action}:{now.timestamp():.6f}:{meter_id}",
-            )
-            first = first or command
-    row = _record(state, info, decision, trigger, trigger_ref, now, before, after, command=first)
-    if action != PolicyAction.RECOVER:
-        _notify(info, state, action, row)
-    return row
+    rows = []
+    for state, info, decision, action, before, after in carried:
+        first = None
+        if action in (PolicyAction.TRIP, PolicyAction.CLOSE):
+            # Commands first, so the (append-only) decision row names its command. The account
+            # is locked and its state already changed, so the decision happens once; the key
+            # only guards against the same transaction being replayed.
+            command_action = CommandAction.TRIP if action == PolicyAction.TRIP else CommandAction.CLOSE
+            for meter_id in info.meter_ids:
+                command = command_request(
+                    meter=Meter(pk=meter_id),
+                    action=command_action,
+                    reason=decision.message[:200],
+                    origin=CommandOrigin.POLICY,
+                    idempotency_key=f"policy:{info.account_id}:{action}:{now.timestamp():.6f}:{meter_id}",
+                )
+                first = first or command
+        rows.append(_record(state, info, decision, trigger, trigger_ref, now, before, after, command=first))
+    rows = PolicyDecision.objects.bulk_create(rows, batch_size=500)
+    for (state, info, _decision, action, _before, _after), row in zip(carried, rows, strict=True):
+        if action not in (PolicyAction.RECOVER, PolicyAction.TRIP_WITHHELD):
+            _notify(info, state, action, row)
+    return rows
 
 
 def _record(
     state, info, decision: Decision, trigger, trigger_ref, now, before, after, command=None
 ) -> PolicyDecision:
-    return PolicyDecision.objects.create(
+    """The decision row (unsaved: the caller inserts the rows together)."""
+    return PolicyDecision(
         command=command,
         account_id=info.account_id,
         action=decision.action,

@@ -226,7 +226,7 @@ def test_no_price_in_force_is_refused():
         rate(tariff(v), march({"flat": D("1")}))
 
 
-def test_quote_to_dict_is_json_ready():
+def test_quote_to_dict_is_json_ready(english):  # descriptions are in the active language
     data = quote_to_dict(rate(tariff(version()), march({"flat": D("156.78")})))
     assert data["total"] == "82.83"
     assert data["lines"][0] == {
