@@ -45,6 +45,7 @@ class PaymentStatus(models.TextChoices):
     REVERSED = "reversed", _("Reversed")
 
 
+@pghistory.track(*trackers())
 class CashierShift(models.Model):
     """A cashier's shift at a hall; settlement compares expected and counted cash and locks it."""
 
@@ -89,6 +90,7 @@ class TerminalDevice(models.Model):
     class Kind(models.TextChoices):
         TERMINAL = "terminal", _("Self-service terminal")
         IVR = "ivr", _("Phone system (IVR)")
+        BANK = "bank", _("Agency bank (real-time postings; the device code is the bank code)")
 
     code = models.CharField(_("device code"), max_length=32, unique=True)
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.TERMINAL)
@@ -300,6 +302,7 @@ class GatewayNotification(models.Model):
         AMOUNT_MISMATCH = "amount_mismatch", _("Amount differs from the order")
         UNKNOWN_ORDER = "unknown_order", _("Unknown order")
         MALFORMED = "malformed", _("Malformed")
+        REFUSED = "refused", _("Signed, but the payment was refused (e.g. account closed)")
 
     provider = models.CharField(max_length=32)
     received_at = models.DateTimeField(default=timezone.now)

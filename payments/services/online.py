@@ -314,7 +314,7 @@ def online_notification_receive(
         # Signed and for a known order, but the posting refused it (e.g. the account was closed
         # since the order was made): nothing posted, the gateway retries, staff must look.
         logger.warning("gateway_notification_refused", order=note.order_no, error=str(exc.message))
-        return log(Outcome.MALFORMED, f"refused by posting: {exc.message}", **ids)
+        return log(Outcome.REFUSED, f"refused by posting: {exc.message}", **ids)
 
 
 def notification_response(provider: str, notification: GatewayNotification) -> tuple[str, str]:
