@@ -205,6 +205,8 @@ PAYMENT_SIM_SECRET = (
     env.str("PAYMENT_SIM_SECRET", default="")
     or hmac.new(SECRET_KEY.encode(), b"kilowatt.payments.sim-gateway.v1", hashlib.sha256).hexdigest()
 )
+# Key of the recharge-voucher PIN hashes; empty: derived from SECRET_KEY (payments/services/vouchers.py).
+VOUCHER_PIN_KEY = env.str("VOUCHER_PIN_KEY", default="")
 
 # --- Auth -----------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
