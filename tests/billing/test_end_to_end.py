@@ -3,38 +3,15 @@ rated by a real Celery worker (through metering's hook, not an import), the poli
 meter (the worker dispatches the command and the simulated relay opens), and a payment
 closes it again, once."""
 
-from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
-from django.utils import timezone
 
-from billing.models import (
-    AccountBilling,
-    AccountTariff,
-    CostControlPolicy,
-    CostControlState,
-    PolicyAction,
-    PolicyDecision,
-    RatingCursor,
-    Tariff,
-    TariffVersion,
-)
+from billing.models import AccountBilling, CostControlState, PolicyAction, PolicyDecision
 from billing.services.accounts import payment_apply
-from metering.models import (
-    CommandAction,
-    CommandStatus,
-    CostControlMode,
-    Meter,
-    MeterInstallation,
-    MeterStatus,
-    RemoteCommand,
-    Terminal,
-)
-from metering.services.collection import collection_run
-from metering.simulator import Fleet, MeterSpec, run_in_thread
-from tests.celery_worker import celery_worker, wait_until
+from metering.models import CommandAction, CommandStatus, RemoteCommand
+from tests.celery_worker import wait_until
+from tests.e2e import fleet_of_one, tripped_on_simulator
 
 ADDRESS = "930000000001"
 pytestmark = [
@@ -44,114 +21,28 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def fleet():
-    midnight = timezone.make_aware(datetime.combine(timezone.localdate() - timedelta(days=1), time.min))
-    return Fleet.from_specs(
-        [MeterSpec(address=ADDRESS, registers={"forward_total": Decimal("1000.00")}, registers_at=midnight)],
-        seed=11,
-        failure_rate=0.0,
-        clock_drift_share=0.0,
-        event_share=0.0,
-        pv_share=0.0,
-        low_balance_share=0.0,
-    )
+def test_a_reading_trips_the_simulated_meter_and_a_payment_closes_it(make_customer):
+    fleet = fleet_of_one(ADDRESS)
+    with tripped_on_simulator(fleet, ADDRESS, make_customer()) as run:
+        sp, meter = run.service_point, run.meter
+        state = AccountBilling.objects.get(pk=sp.account_id)
+        assert state.state == CostControlState.TRIPPED
+        # at least 100 kWh since the 900 kWh cursor, at 0.60 yuan
+        assert state.balance <= Decimal("3.00") - Decimal("60.00")
 
-
-def test_a_reading_trips_the_simulated_meter_and_a_payment_closes_it(fleet, make_customer):
-    from config.celery import app
-
-    now = timezone.localtime()
-    # Trips allowed now: the night window is put an hour ahead, holidays do not count.
-    policy = CostControlPolicy.objects.create(
-        code="E2E",
-        name="e2e",
-        warning1_threshold=Decimal("30"),
-        warning2_threshold=Decimal("10"),
-        trip_threshold=Decimal("0"),
-        close_threshold=Decimal("5"),
-        required_warning=2,
-        grace_hours=Decimal("1"),
-        night_start=(now + timedelta(hours=1)).time().replace(second=0, microsecond=0),
-        night_end=(now + timedelta(hours=2)).time().replace(second=0, microsecond=0),
-        no_trip_on_holidays=False,
-    )
-    tariff = Tariff.objects.create(code="E2E-FLAT", name="flat", category="residential")
-    TariffVersion.objects.create(tariff=tariff, effective_from="2020-01-01", price_flat=Decimal("0.600000"))
-    customer = make_customer()
-    sp = customer.service_points.get()
-    AccountTariff.objects.create(account=sp.account, tariff=tariff, effective_from="2020-01-01")
-    with run_in_thread(fleet) as simulator:
-        terminal = Terminal.objects.create(
-            address="TE2E", endpoint=simulator.endpoint_for(ADDRESS), transformer_area=sp.transformer_area
+        payment_apply(account_id=sp.account_id, amount="200.00", idempotency_key="pay-1", source_ref="pay-1")
+        # the same payment delivered twice
+        payment_apply(account_id=sp.account_id, amount="200.00", idempotency_key="pay-1", source_ref="pay-1")
+        closed = wait_until(
+            lambda: RemoteCommand.objects.filter(
+                meter=meter, action=CommandAction.CLOSE, status=CommandStatus.CONFIRMED
+            ).exists(),
+            timeout=60,
         )
-        meter = Meter.objects.create(
-            asset_number="ASE2E",
-            comm_address=ADDRESS,
-            manufacturer="威胜",
-            model="DDZY102",
-            status=MeterStatus.INSTALLED,
-            cost_control_mode=CostControlMode.REMOTE,
-            transformer_area=sp.transformer_area,
-            terminal=terminal,
-            service_point=sp,
-        )
-        MeterInstallation.objects.create(
-            meter=meter,
-            service_point=sp,
-            transformer_area=sp.transformer_area,
-            installed_at=timezone.now() - timedelta(days=30),
-            initial_registers={"forward_total": "0"},
-        )
-        # Rated up to 900 kWh yesterday; warned two days ago; 3.00 yuan left.
-        RatingCursor.objects.create(
-            meter=meter,
-            account=sp.account,
-            read_date=timezone.localdate() - timedelta(days=1),
-            reading_id=0,
-            total=Decimal("900.00"),
-        )
-        AccountBilling.objects.create(
-            account=sp.account,
-            policy=policy,
-            state=CostControlState.WARNING2,
-            warning2_at=timezone.now() - timedelta(days=2),
-        )
-        payment_apply(account_id=sp.account_id, amount="3.00", idempotency_key="open", source_ref="open")
-
-        app.control.purge()  # messages left in this Redis database by earlier runs
-        with celery_worker(database_name=connection.settings_dict["NAME"]) as proc:
-            result = collection_run()  # reads the meter over TCP and stores the reading
-            assert result.accepted == 1
-            tripped = wait_until(
-                lambda: RemoteCommand.objects.filter(
-                    meter=meter, action=CommandAction.TRIP, status=CommandStatus.CONFIRMED
-                ).exists(),
-                timeout=60,
-            )
-            assert tripped, proc.stdout.read()[-4000:] if proc.poll() is not None else "no confirmed trip"
-            assert fleet.registers(ADDRESS)["relay_open"] is True
-            state = AccountBilling.objects.get(pk=sp.account_id)
-            assert state.state == CostControlState.TRIPPED
-            # at least 100 kWh since the 900 kWh cursor, at 0.60 yuan
-            assert state.balance <= Decimal("3.00") - Decimal("60.00")
-
-            payment_apply(
-                account_id=sp.account_id, amount="200.00", idempotency_key="pay-1", source_ref="pay-1"
-            )
-            payment_apply(
-                account_id=sp.account_id, amount="200.00", idempotency_key="pay-1", source_ref="pay-1"
-            )  # the same payment delivered twice
-            closed = wait_until(
-                lambda: RemoteCommand.objects.filter(
-                    meter=meter, action=CommandAction.CLOSE, status=CommandStatus.CONFIRMED
-                ).exists(),
-                timeout=60,
-            )
-            assert closed
-        assert fleet.registers(ADDRESS)["relay_open"] is False
-        assert RemoteCommand.objects.filter(meter=meter, action=CommandAction.CLOSE).count() == 1
-        assert fleet.control_count(ADDRESS, "close") == 1
-        trip = PolicyDecision.objects.get(account=sp.account, action=PolicyAction.TRIP)
-        assert trip.trigger == "rating" and trip.command.status == CommandStatus.CONFIRMED
-        assert PolicyDecision.objects.filter(account=sp.account, action=PolicyAction.CLOSE).count() == 1
+        assert closed
+    assert fleet.registers(ADDRESS)["relay_open"] is False
+    assert RemoteCommand.objects.filter(meter=meter, action=CommandAction.CLOSE).count() == 1
+    assert fleet.control_count(ADDRESS, "close") == 1
+    trip = PolicyDecision.objects.get(account=sp.account, action=PolicyAction.TRIP)
+    assert trip.trigger == "rating" and trip.command.status == CommandStatus.CONFIRMED
+    assert PolicyDecision.objects.filter(account=sp.account, action=PolicyAction.CLOSE).count() == 1
