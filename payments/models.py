@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from billing.models import LedgerEntry
 from core.audit import trackers
@@ -41,7 +42,7 @@ class Method(models.TextChoices):
 
 
 class PaymentStatus(models.TextChoices):
-    POSTED = "posted", _("Posted")
+    POSTED = "posted", pgettext_lazy("payment status", "Posted")
     REVERSED = "reversed", _("Reversed")
 
 
@@ -50,7 +51,7 @@ class CashierShift(models.Model):
     """A cashier's shift at a hall; settlement compares expected and counted cash and locks it."""
 
     class Status(models.TextChoices):
-        OPEN = "open", _("Open")
+        OPEN = "open", pgettext_lazy("cashier shift", "Open")
         SETTLED = "settled", _("Settled (locked)")
 
     cashier = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -122,7 +123,7 @@ class Bank(models.Model):
 @pghistory.track(*trackers())
 class Payment(models.Model):
     id = models.BigAutoField(primary_key=True)
-    channel = models.CharField(_("channel"), max_length=10, choices=Channel.choices)
+    channel = models.CharField(pgettext_lazy("payment", "channel"), max_length=10, choices=Channel.choices)
     external_id = models.CharField(_("channel reference"), max_length=64)
     account = models.ForeignKey(
         Account, verbose_name=_("account"), on_delete=models.PROTECT, related_name="payments"
