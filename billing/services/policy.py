@@ -35,10 +35,10 @@ from billing.models import (
 )
 from billing.policy.rules import Decision, NoTripWindows, PolicySettings, PolicyState, decide
 from core.money import format_yuan, quantize_yuan
-from core.services.notifications import notification_enqueue
+from core.services.notifications import notifications_enqueue_many
 from customers.models import Account, SettlementMode
 from metering.models import CommandAction, CommandOrigin, CostControlMode, Meter, MeterStatus
-from metering.services.commands import command_request
+from metering.services.commands import commands_request_many
 
 logger = structlog.get_logger(__name__)
 
@@ -292,28 +292,33 @@ def _carry_out(
     for changes, account_ids in updates.items():
         AccountBilling.objects.filter(pk__in=account_ids).update(**dict(changes), updated_at=stamp)
 
-    rows = []
-    for state, info, decision, action, before, after in carried:
-        first = None
+    # Commands first, so the (append-only) decision rows name their commands; all of this
+    # evaluation's together. The accounts are locked and their states already changed, so a
+    # decision happens once; the keys only guard against the same transaction being replayed.
+    requests, keys_of = [], {}
+    for _state, info, decision, action, _before, _after in carried:
         if action in (PolicyAction.TRIP, PolicyAction.CLOSE):
-            # Commands first, so the (append-only) decision row names its command. The account
-            # is locked and its state already changed, so the decision happens once; the key
-            # only guards against the same transaction being replayed.
             command_action = CommandAction.TRIP if action == PolicyAction.TRIP else CommandAction.CLOSE
+            keys = []
             for meter_id in info.meter_ids:
-                command = command_request(
-                    meter=Meter(pk=meter_id),
-                    action=command_action,
-                    reason=decision.message[:200],
-                    origin=CommandOrigin.POLICY,
-                    idempotency_key=f"policy:{info.account_id}:{action}:{now.timestamp():.6f}:{meter_id}",
-                )
-                first = first or command
+                key = f"policy:{info.account_id}:{action}:{now.timestamp():.6f}:{meter_id}"
+                requests.append((meter_id, command_action, decision.message[:200], key))
+                keys.append(key)
+            keys_of[info.account_id] = keys
+    commands = commands_request_many(requests, origin=CommandOrigin.POLICY) if requests else {}
+    rows = []
+    for state, info, decision, _action, before, after in carried:
+        keys = keys_of.get(info.account_id)
+        first = commands[keys[0]] if keys else None
         rows.append(_record(state, info, decision, trigger, trigger_ref, now, before, after, command=first))
     rows = PolicyDecision.objects.bulk_create(rows, batch_size=500)
+    # The customers' notifications go into the outbox together (one INSERT, one delivery
+    # task after commit), in this transaction.
+    notifications = []
     for (state, info, _decision, action, _before, _after), row in zip(carried, rows, strict=True):
         if action not in (PolicyAction.RECOVER, PolicyAction.TRIP_WITHHELD):
-            _notify(info, state, action, row)
+            notifications.extend(_notifications(info, state, action, row))
+    notifications_enqueue_many(notifications)
     return rows
 
 
@@ -337,8 +342,9 @@ def _record(
     )
 
 
-def _notify(info: _Governed, state: AccountBilling, action: str, row: PolicyDecision) -> None:
-    """Tell the customer, in the utility's language, through the outbox (SMS and e-mail)."""
+def _notifications(info: _Governed, state: AccountBilling, action: str, row: PolicyDecision) -> list[dict]:
+    """What to tell the customer, in the utility's language (SMS, portal and e-mail), as
+    items for ``notifications_enqueue_many``."""
     with translation.override(settings.LANGUAGE_CODE):
         figures = {
             "name": info.customer_name,
@@ -378,23 +384,27 @@ def _notify(info: _Governed, state: AccountBilling, action: str, row: PolicyDeci
             PolicyAction.TRIP_WITHHELD: (None, ""),
         }[action]
     if topic is None:
-        return
+        return []
     channels = [("sms", info.mobile_phone), ("portal", "")]
     if info.email:
         channels.append(("email", info.email))
+    items = []
     for channel, recipient in channels:
         if channel != "portal" and not recipient:
             continue
-        notification_enqueue(
-            channel=channel,
-            topic=topic,
-            body=body,
-            subject=body[:60] if channel == "email" else "",
-            recipient=recipient,
-            customer_id=info.customer_id,
-            account_id=info.account_id,
-            dedupe_key=f"policy:{row.pk}:{channel}",
+        items.append(
+            dict(
+                channel=channel,
+                topic=topic,
+                body=body,
+                subject=body[:60] if channel == "email" else "",
+                recipient=recipient,
+                customer_id=info.customer_id,
+                account_id=info.account_id,
+                dedupe_key=f"policy:{row.pk}:{channel}",
+            )
         )
+    return items
 
 
 def policy_sweep(*, now: datetime | None = None, limit: int = 5000) -> int:

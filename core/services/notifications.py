@@ -199,6 +199,83 @@ def notification_enqueue(
     return notification
 
 
+def notifications_enqueue_many(items: list[dict]) -> int:
+    """Record many notifications at once (``notification_enqueue``'s keyword arguments, one
+    dict each) to send once the caller's transaction commits. Returns how many were new.
+
+    The same checks as ``notification_enqueue`` (a ValidationError for any item refuses the
+    whole call) and the same idempotency on ``dedupe_key``: a key already stored, or repeated
+    in ``items``, queues nothing new. One query for the stored keys, one INSERT (a key that a
+    racing transaction inserts meanwhile is skipped by ``ON CONFLICT DO NOTHING``) and, after
+    commit, one delivery task for all of them (``notifications_deliver_many_task``). Every row
+    is due at once (``next_attempt_at = now``), so if that task is lost the sweep
+    (``notifications_requeue_due``) delivers them."""
+    if not items:
+        return 0
+    rows = []
+    for item in items:
+        channel = item.get("channel")
+        customer_id = item.get("customer_id")
+        recipient = _normalize_recipient(channel, item.get("recipient", ""), customer_id)
+        body = (item.get("body") or "").strip()
+        if not body:
+            raise ValidationError(_("A notification needs a text."), field_errors={"body": [_("Required.")]})
+        topic = item.get("topic") or NotificationTopic.OTHER
+        if len(topic) > 32:
+            raise ValidationError(_("The topic code is too long."), field_errors={"topic": [_("Invalid.")]})
+        subject = (item.get("subject") or "")[:200]
+        rows.append(
+            (
+                channel,
+                topic,
+                recipient,
+                subject,
+                body,
+                customer_id,
+                item.get("account_id"),
+                item.get("dedupe_key") or None,
+            )
+        )
+    keys = {row[7] for row in rows if row[7] is not None}
+    stored = (
+        set(Notification.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
+        if keys
+        else set()
+    )
+    fresh, seen = [], set()
+    for row in rows:
+        key = row[7]
+        if key is not None:
+            if key in stored or key in seen:
+                continue
+            seen.add(key)
+        fresh.append(row)
+    if not fresh:
+        return 0
+    columns = list(zip(*fresh, strict=True))
+    now = timezone.now()
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO core_notification (channel, topic, recipient, subject, body, customer_id, account_id,
+                dedupe_key, status, attempts, last_error, provider_message_id, created_at, next_attempt_at)
+            SELECT c, t, r, s, b, cu, a, k, %s, 0, '', '', %s, %s
+            FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::text[],
+                        %s::bigint[], %s::bigint[], %s::varchar[]) WITH ORDINALITY
+                 AS x(c, t, r, s, b, cu, a, k, n)
+            ORDER BY n
+            ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+            RETURNING id
+            """,
+            [NotificationStatus.PENDING.value, now, now, *(list(column) for column in columns)],
+        )
+        ids = sorted(pk for (pk,) in cursor.fetchall())
+    if ids:
+        transaction.on_commit(partial(_schedule_delivery_many, ids), robust=True)
+    logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
+    return len(ids)
+
+
 def notification_cancel(*, notification_id: int, reason: str = "") -> Notification:
     """Cancel a notification that has not been handed to a sender yet (no-op if final)."""
     with transaction.atomic():
@@ -383,6 +460,13 @@ def _schedule_delivery(notification_id: int, *, at: datetime | None = None) -> N
         notification_deliver_task.apply_async((notification_id,), eta=at)
     else:
         notification_deliver_task.delay(notification_id)
+
+
+def _schedule_delivery_many(notification_ids: list[int]) -> None:
+    """Queue one ``notifications_deliver_many_task`` for all of ``notification_ids``."""
+    from core.tasks import notifications_deliver_many_task  # tasks import this module
+
+    notifications_deliver_many_task.delay(list(notification_ids))
 
 
 def _skipped(notification: Notification, why: str, **extra) -> None:

@@ -322,6 +322,183 @@ def command_request(
     return cmd
 
 
+@transaction.atomic
+def commands_request_many(
+    requests: list[tuple[int, str, str, str]],
+    *,
+    origin: str = CommandOrigin.POLICY,
+    valid_for: timedelta = timedelta(minutes=30),
+) -> dict[str, RemoteCommand]:
+    """``command_request`` for many commands of the system itself (no actor): ``requests`` are
+    ``(meter_id, action, reason, idempotency_key)``. Returns the command of every key.
+
+    The same rules as one ``command_request`` after another, with fewer statements: the
+    meters are locked in id order (one query), then the keys already used are looked up (one
+    query; a key must name the same meter and action, else Conflict), the meters' active relay
+    commands are superseded exactly as ``command_request`` does (``_supersede``; a new command
+    waits for an in-flight one's lease), the new commands are inserted together, already
+    queued, and each one's dispatch is scheduled after commit. A key given twice yields one
+    command; two keys for one meter are taken in order (the later supersedes the earlier)."""
+    try:
+        origin = CommandOrigin(origin)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    if origin == CommandOrigin.STAFF:
+        raise ValidationError(_("Staff commands are requested one by one, with the actor (command_request)."))
+    if valid_for <= timedelta(0):
+        raise ValidationError(_("A command must stay valid for some time."))
+    wanted: dict[str, tuple[int, CommandAction, str]] = {}
+    for meter_id, action, reason, key in requests:
+        try:
+            action = CommandAction(action)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if not key:
+            raise ValidationError(_("Every command of a bulk request needs an idempotency key."))
+        if key in wanted:
+            if wanted[key][:2] != (meter_id, action):
+                raise Conflict(
+                    _("This idempotency key was already used for another command."),
+                    code="idempotency_key_reused",
+                )
+            continue
+        wanted[key] = (meter_id, action, (reason or "").strip())
+    if not wanted:
+        return {}
+    meter_ids = sorted({meter_id for meter_id, _a, _r in wanted.values()})
+    # First lock: the meters, in id order; then their commands.
+    meters = {
+        m.pk: m for m in Meter.objects.select_for_update(no_key=True).filter(pk__in=meter_ids).order_by("pk")
+    }
+    if len(meters) != len(meter_ids):
+        raise NotFound(_("No such meter."))
+
+    result: dict[str, RemoteCommand] = {}
+    for existing in RemoteCommand.objects.filter(idempotency_key__in=list(wanted)):
+        meter_id, action, _reason = wanted.pop(existing.idempotency_key)
+        result[existing.idempotency_key] = _same_request(existing, meter=meters[meter_id], action=action)
+    for meter_id, action, reason in wanted.values():
+        meter = meters[meter_id]
+        if not reason:
+            raise ValidationError(field_errors={"reason": [_("Give the reason for the command.")]})
+        if len(reason) > 300:
+            raise ValidationError(field_errors={"reason": [_("Keep the reason under 300 characters.")]})
+        if meter.status != MeterStatus.INSTALLED:
+            raise ValidationError(
+                _("Meter %(asset)s is not installed: remote commands go to installed meters only.")
+                % {"asset": meter.asset_number}
+            )
+        if action in RELAY_ACTIONS and meter.cost_control_mode == CostControlMode.NONE:
+            raise ValidationError(
+                _("Meter %(asset)s has no cost control: only an administrator may trip or close it remotely.")
+                % {"asset": meter.asset_number}
+            )
+
+    # Rounds of at most one new command per meter, in the order given (one meter, one active
+    # relay command: the unique constraint).
+    pending = list(wanted.items())
+    created: list[tuple[RemoteCommand, datetime | None, list[int]]] = []
+    with audit_context(action="meter.commands_request_many", origin=origin.value, count=len(pending)):
+        while pending:
+            round_, later, seen = [], [], set()
+            for item in pending:
+                (later if item[1][0] in seen else round_).append(item)
+                seen.add(item[1][0])
+            pending = later
+            created.extend(_request_round(round_, meters, origin=origin, valid_for=valid_for, result=result))
+
+    def schedule():
+        for cmd, hold_until, _superseded in created:
+            _schedule_dispatch(cmd.pk, at=hold_until)
+
+    if created:
+        transaction.on_commit(schedule, robust=True)
+    for cmd, _hold, superseded in created:
+        logger.info(
+            "command_requested",
+            command=cmd.pk,
+            meter=meters[cmd.meter_id].asset_number,
+            action=cmd.action,
+            origin=origin.value,
+            superseded=superseded,
+        )
+    return result
+
+
+def _request_round(
+    round_: list[tuple[str, tuple[int, CommandAction, str]]],
+    meters: dict[int, Meter],
+    *,
+    origin: CommandOrigin,
+    valid_for: timedelta,
+    result: dict[str, RemoteCommand],
+) -> list[tuple[RemoteCommand, datetime | None, list[int]]]:
+    """One new command for each of a set of distinct meters (see ``commands_request_many``):
+    the commands created, each with when its dispatch may start and the ids it superseded."""
+    try:
+        # A savepoint: if the insert fails, the supersessions are undone with it.
+        with transaction.atomic():
+            created = _insert_round(round_, meters, origin=origin, valid_for=valid_for)
+    except IntegrityError:
+        # A key inserted meanwhile by another transaction (our meter locks do not serialise
+        # keys of other meters), or a bug: one request at a time, which returns the first
+        # command of a raced key, raises for anything else and schedules its own dispatch.
+        for key, (meter_id, action, reason) in round_:
+            result[key] = command_request(
+                meter=meters[meter_id],
+                action=action,
+                reason=reason,
+                origin=origin,
+                idempotency_key=key,
+                valid_for=valid_for,
+            )
+        return []
+    for cmd, _hold, _superseded in created:
+        result[cmd.idempotency_key] = cmd
+    return created
+
+
+def _insert_round(round_, meters, *, origin, valid_for):
+    now = timezone.now()
+    relay_meters = [meter_id for _key, (meter_id, action, _r) in round_ if action in RELAY_ACTIONS]
+    hold: dict[int, datetime] = {}
+    superseded: dict[int, list[tuple[RemoteCommand, str]]] = {}
+    if relay_meters:
+        older = (
+            RemoteCommand.objects.select_for_update(no_key=True)
+            .filter(meter_id__in=relay_meters, action__in=RELAY_ACTIONS, status__in=ACTIVE_COMMAND_STATUSES)
+            .order_by("meter_id", "pk")
+        )
+        for old in older:
+            in_flight_until, note = _supersede(old, now=now)
+            if in_flight_until and (old.meter_id not in hold or in_flight_until > hold[old.meter_id]):
+                hold[old.meter_id] = in_flight_until
+            superseded.setdefault(old.meter_id, []).append((old, note))
+    commands = []
+    for key, (meter_id, action, reason) in round_:
+        cmd = RemoteCommand(
+            meter=meters[meter_id],
+            action=action,
+            parameters={},
+            origin=origin,
+            reason=reason,
+            idempotency_key=key,
+            valid_until=now + valid_for,
+        )
+        # Unsaved, so only checked and stamped: requested → queued (the row is inserted queued).
+        _transition(cmd, CommandStatus.QUEUED, now=now, next_attempt_at=hold.get(meter_id))
+        commands.append(cmd)
+    RemoteCommand.objects.bulk_create(commands)
+    created = []
+    for cmd in commands:
+        olds = superseded.get(cmd.meter_id, ())
+        for old, note in olds:
+            old.last_error = f"superseded by command {cmd.pk} ({cmd.action}){note}"[:300]
+            old.save(update_fields=["last_error"])
+        created.append((cmd, hold.get(cmd.meter_id), [old.pk for old, _note in olds]))
+    return created
+
+
 def _same_request(existing: RemoteCommand, *, meter: Meter, action: str) -> RemoteCommand:
     if existing.meter_id != meter.pk or existing.action != action:
         raise Conflict(

@@ -403,3 +403,99 @@ def test_end_to_end_enqueue_commit_then_task_delivers(use_sender):
     assert RecordingSender.calls == [n.pk]
     n.refresh_from_db()
     assert n.status == NotificationStatus.SENT
+
+
+# --- enqueue many ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scheduled_many(monkeypatch):
+    """Bulk delivery scheduling as lists of ids instead of messages to the broker."""
+    calls = []
+    monkeypatch.setattr(svc, "_schedule_delivery_many", lambda ids: calls.append(list(ids)))
+    return calls
+
+
+def _item(**overrides):
+    values = dict(channel="sms", topic="low_balance_1", recipient="13812345678", body="余额不足，请缴费。")
+    values.update(overrides)
+    return values
+
+
+@pytest.mark.django_db
+def test_enqueue_many_inserts_new_ones_once_and_schedules_one_task_after_commit(
+    scheduled, scheduled_many, django_capture_on_commit_callbacks
+):
+    stored = _sms(dedupe_key="many:stored")  # already in the outbox: not queued again
+    scheduled.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        created = svc.notifications_enqueue_many(
+            [
+                _item(dedupe_key="many:stored", body="ignored"),
+                _item(dedupe_key="many:1", customer_id=7, account_id=70),
+                _item(dedupe_key="many:1", body="same key again: ignored"),
+                _item(channel="portal", recipient="", customer_id=7, dedupe_key="many:2"),
+                _item(channel="email", recipient="a@example.cn", subject="x" * 300, dedupe_key="many:3"),
+                _item(),  # no key: always new
+            ]
+        )
+        assert scheduled_many == []  # nothing leaves before the commit
+    # 6 items - 1 stored key - 1 repeated key = 4 new rows
+    assert created == 4
+    rows = Notification.objects.exclude(pk=stored.pk).order_by("pk")
+    assert [n.dedupe_key for n in rows] == ["many:1", "many:2", "many:3", None]
+    first = rows[0]
+    assert first.recipient == "+8613812345678"  # E.164, as notification_enqueue stores it
+    assert (first.customer_id, first.account_id, first.body) == (7, 70, "余额不足，请缴费。")
+    assert all(n.status == NotificationStatus.PENDING and n.next_attempt_at is not None for n in rows)
+    assert len(rows[2].subject) == 200
+    assert Notification.objects.get(pk=stored.pk).body == "余额不足，请缴费。"  # unchanged
+    assert scheduled_many == [[n.pk for n in rows]]  # one task for all of them
+    assert scheduled == []  # and no task per notification
+    # Again with the same keys: nothing new, no task.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert svc.notifications_enqueue_many([_item(dedupe_key="many:1"), _item(dedupe_key="many:2")]) == 0
+    assert len(scheduled_many) == 1
+
+
+@pytest.mark.django_db
+def test_enqueue_many_refuses_the_whole_call_for_one_bad_recipient(scheduled_many, english):
+    with pytest.raises(ValidationError) as err:
+        svc.notifications_enqueue_many(
+            [_item(dedupe_key="bad:1"), _item(recipient="12345", dedupe_key="bad:2")]
+        )
+    assert "recipient" in err.value.field_errors
+    assert not Notification.objects.filter(dedupe_key__startswith="bad:").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_end_to_end_the_task_delivers_every_one(use_sender, monkeypatch):
+    """Through the real on_commit hook and Celery task (eager); 5 ids with chunks of 2 are
+    split into 3 tasks (2 + 2 + 1) and every notification is sent exactly once."""
+    from config.celery import app
+    from core import tasks
+
+    use_sender("sms", "RecordingSender")
+    monkeypatch.setattr(tasks, "DELIVER_MANY_CHUNK", 2)
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        with transaction.atomic():
+            assert svc.notifications_enqueue_many([_item(dedupe_key=f"e2e-many:{i}") for i in range(5)]) == 5
+            assert RecordingSender.calls == []  # not before the commit
+    finally:
+        app.conf.task_always_eager = eager
+    ids = sorted(Notification.objects.filter(dedupe_key__startswith="e2e-many:").values_list("pk", flat=True))
+    assert sorted(RecordingSender.calls) == ids
+    assert set(Notification.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"sent"}
+
+
+@pytest.mark.django_db
+def test_enqueue_many_rows_a_lost_task_leaves_are_picked_up_by_the_sweep(scheduled, scheduled_many):
+    """The bulk rows are due at once, like single ones: if their task is lost, the sweep
+    queues each of them once the grace period has passed."""
+    svc.notifications_enqueue_many([_item(dedupe_key="lost:1"), _item(dedupe_key="lost:2")])
+    ids = sorted(Notification.objects.filter(dedupe_key__startswith="lost:").values_list("pk", flat=True))
+    later = timezone.now() + svc.SWEEP_GRACE + timedelta(seconds=5)
+    assert notifications_requeue_due(now=later) == 2
+    assert sorted(pk for pk, _at in scheduled) == ids
