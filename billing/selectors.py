@@ -31,6 +31,7 @@ from billing.rating.tou import SLOTS_PER_DAY, period_slots
 from billing.services.accounts import available_balance
 from billing.services.policy import _Policies, credit_allowance_of
 from core.exceptions import NotFound, PermissionDenied
+from core.money import quantize_yuan
 from core.permissions import Actor, Cap, org_scope_q
 from customers.models import Account
 
@@ -141,7 +142,13 @@ class RunningLedger:
             " WHERE e.account_id = %s"
             f") t LEFT JOIN {users} u ON u.id = t.created_by_id{extra} ORDER BY t.id DESC LIMIT %s OFFSET %s"
         )
-        return list(LedgerEntry.objects.raw(sql, [self.account_id, *params, stop - start, start]))
+        entries = list(LedgerEntry.objects.raw(sql, [self.account_id, *params, stop - start, start]))
+        for e in entries:
+            if not isinstance(e.running_balance, Decimal):
+                # SQLite (the embedded mode) sums its numeric column as a binary float; the
+                # entries themselves are exact, so the sum rounds back to the fen exactly.
+                e.running_balance = quantize_yuan(Decimal(str(e.running_balance)))
+        return entries
 
 
 def ledger_with_running_balance(

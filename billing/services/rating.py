@@ -97,13 +97,44 @@ ORDER BY sp.account_id, d.meter_id, d.read_date
 def rate_batch(batch_id: int, *, now=None) -> RatingResult:
     """Rate the readings of one stored batch (see the module docstring)."""
     started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(_READINGS_SQL, [batch_id, SettlementMode.PREPAID, CostControlMode.REMOTE])
-        rows = cursor.fetchall()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_READINGS_SQL, [batch_id, SettlementMode.PREPAID, CostControlMode.REMOTE])
+            rows = cursor.fetchall()
+    else:
+        rows = _readings_portable(batch_id)
     fetched = time.perf_counter() - started
     result = rate_readings(rows, trigger_ref=f"batch:{batch_id}", now=now)
     result.seconds["fetch"] += fetched
     return result
+
+
+def _readings_portable(batch_id: int) -> list[tuple]:
+    """The same rows through the ORM: SQLite hands raw numeric columns back as float, and
+    no float may touch energy; the ORM's converters give Decimal."""
+    qs = (
+        DailyReading.objects.filter(
+            batch_id=batch_id,
+            service_point__account__settlement_mode=SettlementMode.PREPAID,
+            meter__cost_control_mode=CostControlMode.REMOTE,
+        )
+        .order_by("service_point__account_id", "meter_id", "read_date")
+        .values_list(
+            "id",
+            "meter_id",
+            "read_date",
+            "forward_total",
+            "forward_sharp",
+            "forward_peak",
+            "forward_flat",
+            "forward_valley",
+            "source",
+            "service_point__account_id",
+            "service_point__ct_ratio",
+            "service_point__pt_ratio",
+        )
+    )
+    return [(*r[:10], (r[10] or 1) * (r[11] or 1)) for r in qs]
 
 
 def rate_readings(rows: list[tuple], *, trigger_ref: str = "", now=None) -> RatingResult:

@@ -252,8 +252,42 @@ def notifications_enqueue_many(items: list[dict]) -> int:
         fresh.append(row)
     if not fresh:
         return 0
-    columns = list(zip(*fresh, strict=True))
     now = timezone.now()
+    if transaction.get_connection().vendor != "postgresql":
+        ids = _insert_portable(fresh, now)
+    else:
+        ids = _insert_postgres(fresh, now)
+    if ids:
+        transaction.on_commit(partial(_schedule_delivery_many, ids), robust=True)
+    logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
+    return len(ids)
+
+
+def _insert_portable(fresh: list[tuple], now) -> list[int]:
+    """The embedded (SQLite) mode: writes are serialised there, so the keys filtered above
+    cannot be taken in between; one bulk insert."""
+    objs = [
+        Notification(
+            channel=c,
+            topic=t,
+            recipient=r,
+            subject=s,
+            body=b,
+            customer_id=cu,
+            account_id=a,
+            dedupe_key=k,
+            status=NotificationStatus.PENDING,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        for c, t, r, s, b, cu, a, k in fresh
+    ]
+    Notification.objects.bulk_create(objs)
+    return sorted(o.pk for o in objs)
+
+
+def _insert_postgres(fresh: list[tuple], now) -> list[int]:
+    columns = list(zip(*fresh, strict=True))
     with transaction.get_connection().cursor() as cursor:
         cursor.execute(
             """
@@ -269,11 +303,7 @@ def notifications_enqueue_many(items: list[dict]) -> int:
             """,
             [NotificationStatus.PENDING.value, now, now, *(list(column) for column in columns)],
         )
-        ids = sorted(pk for (pk,) in cursor.fetchall())
-    if ids:
-        transaction.on_commit(partial(_schedule_delivery_many, ids), robust=True)
-    logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
-    return len(ids)
+        return sorted(pk for (pk,) in cursor.fetchall())
 
 
 def notification_cancel(*, notification_id: int, reason: str = "") -> Notification:
