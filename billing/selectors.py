@@ -29,7 +29,7 @@ from billing.models import (
 from billing.rating import model as rm
 from billing.rating.tou import SLOTS_PER_DAY, period_slots
 from billing.services.accounts import available_balance
-from billing.services.policy import _Policies, credit_allowance_of
+from billing.services.policy import PolicyTable, credit_allowance_of
 from core.exceptions import NotFound, PermissionDenied
 from core.money import quantize_yuan
 from core.permissions import Actor, Cap, org_scope_q
@@ -57,7 +57,7 @@ def account_billing_summary(*, account: Account, today: date | None = None) -> B
     if state is None:
         state = AccountBilling(account=account)
     customer = account.customer
-    policy = _Policies().for_account(
+    policy = PolicyTable().for_account(
         state, SimpleNamespace(category=customer.category, grade=customer.importance_grade)
     )
     allowance = credit_allowance_of(state, policy)

@@ -40,7 +40,7 @@ from billing.models import (
     TouPeriod,
 )
 from billing.rating import engine
-from billing.services.rating import rating_cursors_start, tier_period_start
+from billing.services.rating import consumption_by_band, rating_cursors_start, tier_period_start
 from billing.services.tariffs import tariff_specs
 from core.money import quantize_energy, quantize_yuan
 from customers.models import Account, CustomerCategory, SettlementMode
@@ -342,7 +342,13 @@ def build_ledgers(rng: random.Random, *, today: date) -> dict[str, int]:
             if version is None:
                 prev = row
                 continue
-            kwh = _consumption(prev, row, mult, version)
+            # (total, sharp, peak, flat, valley), as real-time rating reads them
+            kwh = consumption_by_band(
+                (row[2], row[3], row[4], None, row[5]),
+                (prev[2], prev[3], prev[4], None, prev[5]),
+                mult,
+                version,
+            )
             period = tier_period_start(version.tier_basis, day)
             limits = (
                 engine.prorated_tier_limits(version, day.year, opened.get(account_id), None) if period else ()
@@ -486,25 +492,6 @@ def _payment_rows(entries: list[LedgerEntry]) -> None:
             )
         )
     Payment.objects.bulk_create(rows, batch_size=5000)
-
-
-def _consumption(prev, row, mult, version) -> dict:
-    total = (row[2] - prev[2]) * mult
-    if total < 0:
-        total += D("1000000") * mult
-    prices = version.energy_prices
-    if len(prices) == 1 or row[3] is None or prev[3] is None:
-        return {"flat": total}
-    kwh = {}
-    banded = D("0")
-    for i, band in ((3, "sharp"), (4, "peak"), (5, "valley")):
-        d = (row[i] - prev[i]) * mult if row[i] is not None and prev[i] is not None else D("0")
-        if d > 0:
-            key = band if band in prices else "flat"
-            kwh[key] = kwh.get(key, D("0")) + d
-            banded += d
-    kwh["flat"] = kwh.get("flat", D("0")) + (total - banded)
-    return {b: q for b, q in kwh.items() if q}
 
 
 def build(rng: random.Random, *, today: date, log=print) -> None:

@@ -113,7 +113,7 @@ def _governed(account_ids: list[int]) -> dict[int, _Governed]:
     return result
 
 
-class _Policies:
+class PolicyTable:
     """The policy table, loaded once per evaluation; picks the most specific match."""
 
     def __init__(self):
@@ -216,7 +216,7 @@ def policy_evaluate(
     governed = _governed(list(states))
     if not governed:
         return []
-    policies = _Policies()
+    policies = PolicyTable()
     events = _events(now)
     decided: list[tuple[AccountBilling, _Governed, Decision]] = []
     for account_id in sorted(governed):

@@ -363,7 +363,7 @@ def _compute(rows, result, cursors, assignments, specs, prices, tiers) -> tuple[
         if version is None:
             result.unrated["no_price_on_day"] += 1
             continue
-        kwh = _consumption(registers, cur_regs, mult, version, true_up=true_up)
+        kwh = consumption_by_band(registers, cur_regs, mult, version, true_up=true_up)
         if kwh is None:
             result.unrated["registers"] += 1
             continue
@@ -392,10 +392,13 @@ def _compute(rows, result, cursors, assignments, specs, prices, tiers) -> tuple[
     return entries, cursor_rows
 
 
-def _consumption(registers, previous, mult, version: rm.PriceVersion, *, true_up: bool) -> dict | None:
+def consumption_by_band(
+    registers, previous, mult, version: rm.PriceVersion, *, true_up: bool = False
+) -> dict | None:
     """kWh by band between two register sets (x multiplier). Bands the tariff does not
     price are billed at the flat price; a tariff with band prices but a reading without band
-    registers bills the whole difference as flat."""
+    registers bills the whole difference as flat. Registers are (total, sharp, peak, flat,
+    valley); a decrease is a rollover unless ``true_up`` (an actual replacing an estimate)."""
     total = _delta(registers[0], previous[0], true_up)
     if total is None:
         return None
