@@ -18,6 +18,7 @@ urlpatterns = [
     path("metering/", include("metering.urls")),
     path("billing/", include("billing.urls")),
     path("payments/", include("payments.urls")),
+    path("portal/", include("portal.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("customers.api_urls")),
     path("api/v1/metering/", include("metering.api_urls")),

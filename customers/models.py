@@ -115,6 +115,10 @@ class Customer(models.Model):
         on_delete=models.PROTECT,
         related_name="customers",
     )
+    # How the customer wants to hear from the utility (chosen in the portal): portal messages
+    # always, SMS and e-mail as chosen. E-mail needs an address to take effect.
+    notify_by_sms = models.BooleanField(_("notices by SMS"), default=True)
+    notify_by_email = models.BooleanField(_("notices by e-mail"), default=True)
     # Optimistic concurrency: an edit form carries the version it was read at.
     version = models.PositiveIntegerField(default=1, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)

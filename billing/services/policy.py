@@ -35,7 +35,7 @@ from billing.models import (
 )
 from billing.policy.rules import Decision, NoTripWindows, PolicySettings, PolicyState, decide
 from core.money import format_yuan, quantize_yuan
-from core.services.notifications import notifications_enqueue_many
+from core.services.notifications import customer_channels, notifications_enqueue_many
 from customers.models import Account, SettlementMode
 from metering.models import CommandAction, CommandOrigin, CostControlMode, Meter, MeterStatus
 from metering.services.commands import commands_request_many
@@ -61,6 +61,8 @@ class _Governed:
     customer_name: str
     mobile_phone: str
     email: str
+    by_sms: bool
+    by_email: bool
     category: str
     grade: str
     protected: bool
@@ -79,6 +81,8 @@ def _governed(account_ids: list[int]) -> dict[int, _Governed]:
             "customer__name",
             "customer__mobile_phone",
             "customer__email",
+            "customer__notify_by_sms",
+            "customer__notify_by_email",
             "customer__category",
             "customer__importance_grade",
             "customer__protected",
@@ -105,6 +109,8 @@ def _governed(account_ids: list[int]) -> dict[int, _Governed]:
             customer_name=c.name,
             mobile_phone=c.mobile_phone,
             email=c.email,
+            by_sms=c.notify_by_sms,
+            by_email=c.notify_by_email,
             category=c.category,
             grade=c.importance_grade,
             protected=c.protected,
@@ -385,13 +391,11 @@ def _notifications(info: _Governed, state: AccountBilling, action: str, row: Pol
         }[action]
     if topic is None:
         return []
-    channels = [("sms", info.mobile_phone), ("portal", "")]
-    if info.email:
-        channels.append(("email", info.email))
+    channels = customer_channels(
+        mobile_phone=info.mobile_phone, email=info.email, by_sms=info.by_sms, by_email=info.by_email
+    )
     items = []
     for channel, recipient in channels:
-        if channel != "portal" and not recipient:
-            continue
         items.append(
             dict(
                 channel=channel,

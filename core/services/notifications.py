@@ -136,6 +136,20 @@ def _normalize_recipient(channel: str, recipient: str, customer_id: int | None) 
     )
 
 
+def customer_channels(
+    *, mobile_phone: str, email: str, by_sms: bool = True, by_email: bool = True
+) -> list[tuple[str, str]]:
+    """Where a notice to a customer goes, as ``(channel, recipient)`` pairs: the portal always,
+    SMS and e-mail as the customer chose (``Customer.notify_by_sms`` / ``notify_by_email``)
+    and only where there is a number or address to send to."""
+    channels = [(NotificationChannel.PORTAL.value, "")]
+    if by_sms and mobile_phone:
+        channels.append((NotificationChannel.SMS.value, mobile_phone))
+    if by_email and email:
+        channels.append((NotificationChannel.EMAIL.value, email))
+    return channels
+
+
 def notification_enqueue(
     *,
     channel: str,
