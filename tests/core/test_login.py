@@ -104,3 +104,16 @@ def test_inactive_staff_cannot_sign_in(client, staff):
     response = _sign_in(client, "manager", PASSWORD)
     assert response.status_code == 200
     assert _signed_in_as(client) is None
+
+
+def test_a_user_without_a_staff_profile_cannot_sign_in_to_the_staff_site(client, staff):
+    """Customers (portal users) have a password too; the staff site refuses them with the
+    same error as a wrong password."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user(username="13900000001", password=PASSWORD)
+    response = _sign_in(client, "13900000001", PASSWORD)
+    assert response.status_code == 200
+    assert _signed_in_as(client) is None
+    errors = response.context["form"].non_field_errors()
+    assert len(errors) == 1 and "correct username and password" in errors[0]
