@@ -52,4 +52,9 @@ app.conf.beat_schedule = {
     # Trips withheld for the night, a holiday, an event or a grace period are decided again
     # when the window ends; tripped accounts lifted above the close threshold are closed.
     "billing.policy_sweep": {"task": "billing.policy_sweep", "schedule": 300.0},
+    # The portal's one-time codes and attempt records outlive every limit's window by then.
+    "portal.auth_records_purge": {
+        "task": "portal.auth_records_purge",
+        "schedule": crontab(minute=30, hour=4),
+    },
 }

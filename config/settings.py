@@ -206,6 +206,8 @@ PAYMENT_SIM_SECRET = (
     env.str("PAYMENT_SIM_SECRET", default="")
     or hmac.new(SECRET_KEY.encode(), b"kilowatt.payments.sim-gateway.v1", hashlib.sha256).hexdigest()
 )
+# The gateway the customer portal pays through ("sim" only while the simulated gateway is on).
+PORTAL_PAYMENT_GATEWAY = env.str("PORTAL_PAYMENT_GATEWAY", default="sim")
 # Key of the recharge-voucher PIN hashes; empty: derived from SECRET_KEY (payments/services/vouchers.py).
 VOUCHER_PIN_KEY = env.str("VOUCHER_PIN_KEY", default="")
 
@@ -232,6 +234,17 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "core/locked_out.html"
 AXES_VERBOSE = False
+
+# Portal one-time codes (sign-up, password reset, account binding; portal/services/auth.py):
+# lifetime, wrong entries before a code dies, minimum gap between codes and codes per hour for
+# one phone and one client address, and the lock of a phone after repeated wrong codes.
+PORTAL_CODE_TTL_SECONDS = env.int("PORTAL_CODE_TTL_SECONDS", default=600)
+PORTAL_CODE_MAX_ATTEMPTS = env.int("PORTAL_CODE_MAX_ATTEMPTS", default=5)
+PORTAL_CODE_RESEND_SECONDS = env.int("PORTAL_CODE_RESEND_SECONDS", default=60)
+PORTAL_CODE_MAX_PER_PHONE_PER_HOUR = env.int("PORTAL_CODE_MAX_PER_PHONE_PER_HOUR", default=5)
+PORTAL_CODE_MAX_PER_IP_PER_HOUR = env.int("PORTAL_CODE_MAX_PER_IP_PER_HOUR", default=20)
+PORTAL_CODE_FAILURE_LIMIT = env.int("PORTAL_CODE_FAILURE_LIMIT", default=5)
+PORTAL_CODE_LOCKOUT_SECONDS = env.int("PORTAL_CODE_LOCKOUT_SECONDS", default=900)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=False)

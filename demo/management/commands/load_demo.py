@@ -10,6 +10,7 @@ from demo import customers as customer_builder
 from demo import metering as metering_builder
 from demo import payments as payments_builder
 from demo.org import DEMO_PASSWORD, DEMO_USERS
+from demo.portal import load_portal
 
 
 class Command(BaseCommand):
@@ -44,6 +45,7 @@ class Command(BaseCommand):
             self.stdout.write(f"daily readings: {stored} ({history_days} days of history)")
         billing_builder.build(random.Random(seed + 2), today=today, log=lambda m: self.stdout.write(m))
         payments_builder.build(log=lambda m: self.stdout.write(m))
+        load_portal(self.stdout)
         self.stdout.write(self.style.SUCCESS(f"Demo utility loaded in {time.monotonic() - started:.1f} s."))
         self.stdout.write(f"Logins (password for all: {DEMO_PASSWORD}):")
         for user in DEMO_USERS:
