@@ -92,13 +92,23 @@ class RunningLedger:
     ordered = True  # for Paginator: the order is fixed (newest first)
 
     def __init__(
-        self, *, account_id: int, kind: str = "", date_from: date | None = None, date_to: date | None = None
+        self,
+        *,
+        account_id: int,
+        kind: str = "",
+        kinds: tuple[str, ...] = (),
+        date_from: date | None = None,
+        date_to: date | None = None,
     ):
+        """``kind`` one kind of entry, or ``kinds`` any of several (the portal's groups)."""
         self.account_id = account_id
         conditions, params = [], []
         if kind:
             conditions.append("t.kind = %s")
             params.append(kind)
+        if kinds:
+            conditions.append("t.kind IN (" + ", ".join(["%s"] * len(kinds)) + ")")
+            params.extend(str(k) for k in kinds)
         if date_from:
             conditions.append("t.business_date >= %s")
             params.append(date_from)

@@ -495,29 +495,12 @@ def tier_position(
 # ----------------------------------------------------------------------------- statement
 
 
-class StatementLedger(RunningLedger):
-    """``billing.selectors.RunningLedger`` (newest first, the running balance summed over all
-    the account's entries) filtered by a group of kinds instead of one kind."""
-
-    def __init__(
-        self, *, account_id: int, kinds: tuple[str, ...], date_from: date | None, date_to: date | None
-    ):
-        super().__init__(account_id=account_id, date_from=date_from, date_to=date_to)
-        if kinds:
-            sql, params = self._where
-            condition = "t.kind IN (" + ", ".join(["%s"] * len(kinds)) + ")"
-            self._where = (
-                f"{sql} AND {condition}" if sql else condition,
-                [*params, *(str(k) for k in kinds)],
-            )
-
-
 def statement_entries(
     *, account: Account, kind: str = "all", date_from: date | None = None, date_to: date | None = None
-) -> StatementLedger:
+) -> RunningLedger:
     """The account's ledger for the statement page and PDF: ``kind`` is a key of
     ``STATEMENT_KINDS``; dates are business dates, inclusive."""
-    return StatementLedger(
+    return RunningLedger(
         account_id=account.pk,
         kinds=STATEMENT_KINDS.get(kind or "all", ()),
         date_from=date_from,

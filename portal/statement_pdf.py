@@ -10,9 +10,9 @@ from datetime import date
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from billing.selectors import RunningLedger
 from core.money import format_yuan
 from customers.models import Account
-from portal.selectors import StatementLedger
 
 MAX_ROWS = 5000  # a year of daily charges is ~400 rows; beyond this the customer narrows the dates
 
@@ -30,7 +30,7 @@ def _font() -> str:
 def statement_pdf(
     *,
     account: Account,
-    ledger: StatementLedger,
+    ledger: RunningLedger,
     kind_label: str,
     date_from: date | None,
     date_to: date | None,
