@@ -64,7 +64,7 @@ def statement_pdf(
         date_to.isoformat() if date_to else _("today"),
     )
     story = [
-        Paragraph(_("Account statement") + " 电费账单明细", title_style),
+        Paragraph(_("Account statement"), title_style),
         Spacer(1, 3 * mm),
         Paragraph(f"{_('Customer')}: {customer.name} ({customer.number})", text_style),
         Paragraph(f"{_('Account number')}: {account.number}", text_style),
