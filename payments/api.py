@@ -17,6 +17,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import permissions, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.fields import SkipField, empty
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -209,9 +210,86 @@ class OnlineOrderOut(serializers.Serializer):
     restore = RestoreOut(allow_null=True)
 
 
+# The reply of every device payment is built by hand with these fields' own formats: the
+# same JSON as ``DevicePaymentOut(paid).data`` (tests/payments/test_posting_fast.py checks
+# it), without instantiating ~20 serializer fields per request (a deep copy of each: about a
+# tenth of a payment's CPU time). DevicePaymentOut stays the documented schema.
+_MONEY = serializers.DecimalField(max_digits=14, decimal_places=2)
+_TIME = serializers.DateTimeField()
+
+
+def _money(value):
+    return None if value is None else _MONEY.to_representation(value)
+
+
+def _time(value):
+    return None if value is None else _TIME.to_representation(value)
+
+
+def device_account_body(info: devices.AccountInfo) -> dict:
+    return {
+        "account_number": info.account_number,
+        "customer_name": info.customer_name,
+        "status": str(info.status),
+        "balance": _money(info.balance),
+        "available_balance": _money(info.available_balance),
+        "state": str(info.state),
+        "state_label": str(info.state_label),
+        "close_threshold": _money(info.close_threshold),
+    }
+
+
+def device_payment_body(paid: devices.DevicePayment) -> dict:
+    payment, restore = paid.result.payment, paid.restore
+    return {
+        "payment_id": payment.pk,
+        "created": bool(paid.result.created),
+        "channel": str(payment.channel),
+        "reference": payment.external_id,
+        "amount": _money(payment.amount),
+        "posted_at": _time(payment.posted_at),
+        "account": device_account_body(paid.account),
+        "restore": {
+            "status": str(restore.status),
+            "message": str(restore.message),
+            "command_id": restore.command_id,
+            "command_status": str(restore.command_status),
+            "confirmed_at": _time(restore.confirmed_at),
+        },
+    }
+
+
+_BOUND_FIELDS: dict[type, dict] = {}
+
+
+def device_payment_input(serializer_class: type[serializers.Serializer], data) -> dict:
+    """``serializer_class(data=data)``'s validated data, or its ValidationError (the same
+    400 body), for the flat input serializers of device payments: every field is validated
+    by the serializer's own field, bound once per process instead of deep-copied on every
+    request (input serializers hold no per-request state and these have no ``validate``)."""
+    if not isinstance(data, dict):
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+    fields = _BOUND_FIELDS.get(serializer_class)
+    if fields is None:
+        fields = _BOUND_FIELDS.setdefault(serializer_class, serializer_class().fields)
+    validated, errors = {}, {}
+    for name, field in fields.items():
+        try:
+            validated[name] = field.run_validation(data.get(name, empty))
+        except serializers.ValidationError as exc:
+            errors[name] = exc.detail
+        except SkipField:
+            pass
+    if errors:
+        raise serializers.ValidationError(errors)
+    return validated
+
+
 def _payment_response(paid: devices.DevicePayment) -> Response:
     return Response(
-        DevicePaymentOut(paid).data,
+        device_payment_body(paid),
         status=status.HTTP_201_CREATED if paid.result.created else status.HTTP_200_OK,
     )
 
@@ -240,9 +318,8 @@ class TerminalPaymentApi(_DeviceApi):
         description=str(_("Post a cash or card payment taken by a self-service terminal, once per txn_id.")),
     )
     def post(self, request):
-        data = TerminalPaymentIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        return _payment_response(devices.terminal_payment_post(device=request.auth, **data.validated_data))
+        data = device_payment_input(TerminalPaymentIn, request.data)
+        return _payment_response(devices.terminal_payment_post(device=request.auth, **data))
 
 
 class TerminalAccountApi(_DeviceApi):
@@ -289,9 +366,8 @@ class IvrPaymentApi(_DeviceApi):
         description=str(_("Post a bank-card payment taken by phone, once per call_id.")),
     )
     def post(self, request):
-        data = IvrPaymentIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        return _payment_response(devices.ivr_payment_post(device=request.auth, **data.validated_data))
+        data = device_payment_input(IvrPaymentIn, request.data)
+        return _payment_response(devices.ivr_payment_post(device=request.auth, **data))
 
 
 class IvrVoucherRedeemApi(_DeviceApi):

@@ -3,20 +3,33 @@ person's approval, tariff assignment."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from billing.models import AccountTariff, AdjustmentRequest, AdjustmentStatus, EntryKind, EntrySource, Tariff
-from billing.services.ledger import Posting, _amount, ledger_post
-from billing.services.policy import policy_evaluate
+from billing.models import (
+    AccountBilling,
+    AccountTariff,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    CostControlPolicy,
+    EntryKind,
+    EntrySource,
+    LedgerEntry,
+    PolicyAction,
+    PolicyDecision,
+    Tariff,
+)
+from billing.services.ledger import Posting, _amount, billing_states_ensure, ledger_post
+from billing.services.policy import policy_evaluate, policy_may_act
 from core.audit import audit_context
 from core.exceptions import Conflict, NotFound, PermissionDenied, ValidationError
 from core.permissions import Actor, Cap, org_scope_q
-from customers.models import Account
+from customers.models import Account, AccountStatus, Customer
 
 
 def account_for_actor(*, actor: Actor, number: str, cap: Cap = Cap.LEDGER_VIEW) -> Account:
@@ -63,6 +76,208 @@ def payment_apply(
         if posting.created:
             policy_evaluate({account_id: posting.state}, trigger="payment", trigger_ref=source_ref, now=now)
         return posting
+
+
+@dataclass(frozen=True)
+class PaymentCredit:
+    """What ``payment_credit`` did, with the figures a payment channel answers with and the
+    customer its receipt goes to. ``entry_id`` is None when the idempotency key had been
+    used before: nothing was posted."""
+
+    account: Account  # id, number, status and customer_id loaded
+    customer: Customer  # name, contact details and notice choices, category and grade loaded
+    state: AccountBilling  # after the payment (and any policy decision), still locked
+    policy: CostControlPolicy | None  # the policy in force: close threshold, credit allowance
+    entry_id: int | None
+    decisions: tuple[PolicyDecision, ...]
+
+    @property
+    def created(self) -> bool:
+        return self.entry_id is not None
+
+    @property
+    def credit_allowance(self) -> Decimal:
+        if self.state.credit_allowance is not None:
+            return self.state.credit_allowance
+        return self.policy.credit_allowance if self.policy is not None else Decimal("0.00")
+
+    @property
+    def available_balance(self) -> Decimal:
+        return available_balance(self.state.balance, self.credit_allowance)
+
+    @property
+    def close_command(self):
+        """The close command this payment caused (a tripped account lifted above its close
+        threshold), or None."""
+        for decision in self.decisions:
+            if decision.action == PolicyAction.CLOSE and decision.command_id:
+                return decision.command
+        return None
+
+
+def _in_model_order(model, names: list[str]) -> list[str]:
+    """``names`` in the order of the model's fields, as ``Model.from_db`` reads a partial row."""
+    return [f.attname for f in model._meta.concrete_fields if f.attname in names]
+
+
+_STATE_FIELDS = [f.attname for f in AccountBilling._meta.concrete_fields]
+_STATE_COLUMNS = [f.column for f in AccountBilling._meta.concrete_fields]
+_POLICY_FIELDS = _in_model_order(
+    CostControlPolicy, ["id", "code", "close_threshold", "credit_allowance", "warning1_threshold"]
+)
+_ACCOUNT_FIELDS = _in_model_order(Account, ["id", "number", "status", "customer_id"])
+_CUSTOMER_FIELDS = _in_model_order(
+    Customer,
+    [
+        "id",
+        "name",
+        "mobile_phone",
+        "email",
+        "notify_by_sms",
+        "notify_by_email",
+        "category",
+        "importance_grade",
+    ],
+)
+# One statement: the account, its customer and its billing state, locked, with the policy in
+# force (by contract, else the most specific by category and grade, ties to the lowest code:
+# billing.services.policy.PolicyTable.for_account) and the highest level-1 warning threshold
+# of all policies (policy_quiet_above). Nothing is cached between requests, so an edited
+# policy counts from the next payment.
+_LOCK_SQL = f"""
+SELECT {", ".join(f"a.{c}" for c in _ACCOUNT_FIELDS)},
+       {", ".join(f"c.{c}" for c in _CUSTOMER_FIELDS)},
+       {", ".join(f"b.{c}" for c in _STATE_COLUMNS)},
+       {", ".join(f"p.{c}" for c in _POLICY_FIELDS)},
+       (SELECT max(warning1_threshold) FROM billing_costcontrolpolicy)
+FROM customers_account a
+JOIN customers_customer c ON c.id = a.customer_id
+JOIN billing_accountbilling b ON b.account_id = a.id
+LEFT JOIN LATERAL (
+    SELECT {", ".join(_POLICY_FIELDS)} FROM billing_costcontrolpolicy q
+    WHERE CASE WHEN b.policy_id IS NOT NULL THEN q.id = b.policy_id
+               ELSE (q.category = '' OR q.category = c.category)
+                    AND (q.importance_grade = '' OR q.importance_grade = c.importance_grade) END
+    ORDER BY (CASE WHEN q.importance_grade <> '' THEN 2 ELSE 0 END
+              + CASE WHEN q.category <> '' THEN 1 ELSE 0 END) DESC, q.code COLLATE "C"
+    LIMIT 1
+) p ON true
+WHERE a.number = %s
+FOR NO KEY UPDATE OF b
+"""  # noqa: S608 (column names from the models; values are bound)
+_ENTRY_FIELDS = [f for f in LedgerEntry._meta.concrete_fields if not f.primary_key]
+# The entry, once per idempotency key (a key already used inserts nothing, and waits for a
+# concurrent transaction holding it), and the cached balance moved by the same amount, in
+# one statement; the account's billing state is locked before.
+_CREDIT_SQL = f"""
+WITH e AS (
+    INSERT INTO billing_ledgerentry ({", ".join(f.column for f in _ENTRY_FIELDS)})
+    VALUES ({", ".join(["%s"] * len(_ENTRY_FIELDS))})
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, account_id, amount
+), u AS (
+    UPDATE billing_accountbilling b SET balance = b.balance + e.amount
+    FROM e WHERE b.account_id = e.account_id
+    RETURNING b.balance
+)
+SELECT e.id, u.balance FROM e CROSS JOIN u
+"""  # noqa: S608 (column names from the models; values are bound)
+
+
+def _from_row(model, names: list[str], values):
+    return model.from_db(connection.alias, names, list(values))
+
+
+def _lock_for_payment(account_number: str):
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [account_number])
+        return cursor.fetchone()
+
+
+def payment_credit(
+    *,
+    account_number: str,
+    amount: Decimal,
+    idempotency_key: str,
+    source_ref: str,
+    description: str,
+    created_by_id: int | None = None,
+    now: datetime | None = None,
+) -> PaymentCredit:
+    """Credit a payment to account ``account_number``, once per ``idempotency_key``, and let
+    the policy react: ``payment_apply`` in the fewest statements, for the payment channels'
+    hot path. Runs in the caller's transaction (opens one if there is none).
+
+    Statements: the account with its customer, billing state (locked) and policy in one
+    SELECT; the entry and the balance in one INSERT … ON CONFLICT DO NOTHING + UPDATE. The
+    policy is evaluated only when it could decide something (``policy_may_act``: an account
+    in state normal well above every warning threshold cannot get a decision), so a
+    payment to a tripped or warned account still gets exactly one close, under the lock.
+
+    NotFound (``unknown_account``) / ValidationError (``account_closed``) post nothing."""
+    amount = _amount(amount)
+    if amount <= 0:
+        raise ValidationError(_("A payment must be positive."))
+    if not idempotency_key:
+        raise ValidationError(_("A posting needs an idempotency key."))
+    now_ = now or timezone.now()
+    with transaction.atomic(savepoint=False):
+        row = _lock_for_payment(account_number)
+        if row is None:
+            account_id = Account.objects.filter(number=account_number).values_list("pk", flat=True).first()
+            if account_id is None:
+                raise NotFound(
+                    _("No account with number %(number)s.") % {"number": account_number or "—"},
+                    code="unknown_account",
+                )
+            billing_states_ensure([account_id])
+            row = _lock_for_payment(account_number)
+        n_a, n_c, n_s, n_p = (
+            len(_ACCOUNT_FIELDS),
+            len(_CUSTOMER_FIELDS),
+            len(_STATE_FIELDS),
+            len(_POLICY_FIELDS),
+        )
+        account = _from_row(Account, _ACCOUNT_FIELDS, row[:n_a])
+        customer = _from_row(Customer, _CUSTOMER_FIELDS, row[n_a : n_a + n_c])
+        state = _from_row(AccountBilling, _STATE_FIELDS, row[n_a + n_c : n_a + n_c + n_s])
+        policy_row = row[n_a + n_c + n_s : n_a + n_c + n_s + n_p]
+        policy = _from_row(CostControlPolicy, _POLICY_FIELDS, policy_row) if policy_row[0] else None
+        quiet_above = row[-1]
+        if account.status == AccountStatus.CLOSED:
+            raise ValidationError(
+                _("Account %(number)s is closed and takes no payments.") % {"number": account.number},
+                code="account_closed",
+            )
+        entry = LedgerEntry(
+            account_id=account.pk,
+            kind=EntryKind.PAYMENT,
+            amount=amount,
+            business_date=timezone.localdate(now_),
+            description=(description or _("Payment"))[:200],
+            source=EntrySource.PAYMENT,
+            source_ref=source_ref[:64],
+            idempotency_key=idempotency_key,
+            created_by_id=created_by_id,
+            created_at=now_,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CREDIT_SQL,
+                [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in _ENTRY_FIELDS],
+            )
+            credited = cursor.fetchone()
+        if credited is None:  # the caller looks up what the key posted before
+            return PaymentCredit(account, customer, state, policy, None, ())
+        entry_id, state.balance = credited
+        decisions: tuple[PolicyDecision, ...] = ()
+        if policy_may_act(
+            state.balance, state.credit_allowance, state.state, state.withheld_reason, quiet_above
+        ):
+            decisions = tuple(
+                policy_evaluate({account.pk: state}, trigger="payment", trigger_ref=source_ref, now=now)
+            )
+        return PaymentCredit(account, customer, state, policy, entry_id, decisions)
 
 
 def adjustment_request(*, actor: Actor, account_number: str, amount, reason: str) -> AdjustmentRequest:

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -37,6 +38,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from billing.models import CostControlState
 from billing.selectors import account_billing_summary
 from core.audit import audit_context
 from core.exceptions import (
@@ -50,7 +52,7 @@ from core.exceptions import (
 from core.models import OrgUnit
 from customers.models import Account, Customer
 from payments.models import Channel, Method, TerminalDevice
-from payments.services.online import Restore, payment_restore_status
+from payments.services.online import Restore, RestoreStatus, payment_restore_status
 from payments.services.posting import PostResult, payment_post
 from payments.services.vouchers import voucher_redeem
 
@@ -120,6 +122,7 @@ def device_secret_reset(*, code: str) -> str:
     """A new secret for device ``code`` (the old one stops working); returned once."""
     secret = secrets.token_urlsafe(32)
     updated = TerminalDevice.objects.filter(code=code).update(secret_hash=device_secret_hash(secret))
+    device_credentials_forget()
     if not updated:
         raise NotFound(_("No device %(code)s.") % {"code": code})
     logger.info("payment_device_secret_reset", device=code)
@@ -166,13 +169,49 @@ def device_authenticate(*, code: str, secret: str, client_addr: str = "") -> Ter
             code="device_locked",
             extra={"retry_after": _window()},
         )
+    verified = _verified_key(code, secret or "")
+    cached = _VERIFIED.get(verified)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
     device = TerminalDevice.objects.select_related("hall").filter(code=code).first() if code else None
     ok = device_secret_matches(secret or "", device.secret_hash if device else _DUMMY_HASH)
     if device is None or not ok or not device.active:
+        _VERIFIED.pop(verified, None)
         _count_failure(keys)
         logger.warning("device_auth_failed", device=code, client=client_addr, known=device is not None)
         raise DeviceAuthFailed()
+    ttl = _verified_ttl()
+    if ttl > 0:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[verified] = (time.monotonic() + ttl, device)
     return device
+
+
+# Credentials verified lately, per process: {sha256(code, secret): (good until, device)}.
+# A device signs every request, and the look-up plus hash is a database query per payment;
+# a credential verified here is taken as good for DEVICE_AUTH_CACHE_SECONDS (30 s) without
+# either. The lockout is still checked first on every request (a locked-out code gets 429
+# whatever it sends), a failure drops the entry, and a secret reset in this process clears
+# them all; elsewhere a reset or deactivated device's old secret keeps working for at most
+# that long. Only a digest of the secret is kept, never the secret.
+_VERIFIED: dict[bytes, tuple[float, TerminalDevice]] = {}
+_VERIFIED_MAX = 1000
+DEFAULT_VERIFIED_SECONDS = 30
+
+
+def _verified_key(code: str, secret: str) -> bytes:
+    return hashlib.sha256(f"{code}\0{secret}".encode()).digest()
+
+
+def _verified_ttl() -> float:
+    return float(getattr(settings, "DEVICE_AUTH_CACHE_SECONDS", DEFAULT_VERIFIED_SECONDS))
+
+
+def device_credentials_forget() -> None:
+    """Forget the credentials this process verified (the next request of every device is
+    checked against the database again)."""
+    _VERIFIED.clear()
 
 
 # --- what a device may read ----------------------------------------------------------------
@@ -276,12 +315,39 @@ def _device_payment(
             device_id=device.pk,
             details=details,
         )
-    payment = result.payment
-    return DevicePayment(
-        result=result,
-        account=_account_info(Account.objects.select_related("customer").get(pk=payment.account_id)),
-        restore=payment_restore_status(payment),
+    return _device_reply(result)
+
+
+def _device_reply(result: PostResult) -> DevicePayment:
+    """The reply to a device: the payment, the account after it and whether power comes
+    back. From the figures locked while posting (no further query) when there are any."""
+    payment, credit = result.payment, result.credit
+    if credit is None:
+        return DevicePayment(
+            result=result,
+            account=_account_info(Account.objects.select_related("customer").get(pk=payment.account_id)),
+            restore=payment_restore_status(payment),
+        )
+    info = AccountInfo(
+        account_number=credit.account.number,
+        customer_name=mask_name(credit.customer.name),
+        status=credit.account.status,
+        balance=credit.state.balance,
+        available_balance=credit.available_balance,
+        state=credit.state.state,
+        state_label=str(credit.state.get_state_display()),
+        close_threshold=credit.policy.close_threshold if credit.policy else None,
     )
+    if payment.restore_command_id:  # the close this payment caused (loaded with a new one)
+        restore = payment_restore_status(payment)
+    elif credit.state.state == CostControlState.TRIPPED:
+        restore = Restore(
+            RestoreStatus.STILL_OFF,
+            _("The balance is still below the level at which power is restored; please pay more."),
+        )
+    else:
+        restore = Restore(RestoreStatus.NOT_NEEDED, _("Power is on."))
+    return DevicePayment(result=result, account=info, restore=restore)
 
 
 def terminal_payment_post(
@@ -336,9 +402,4 @@ def ivr_voucher_redeem(
             client_key=f"ivr:{caller}",
             channel_context={"device_id": device.pk, "hall_id": device.hall_id, "caller": caller},
         )
-    payment = result.payment
-    return DevicePayment(
-        result=result,
-        account=_account_info(Account.objects.select_related("customer").get(pk=payment.account_id)),
-        restore=payment_restore_status(payment),
-    )
+    return _device_reply(result)
