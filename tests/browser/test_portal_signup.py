@@ -84,7 +84,7 @@ def test_a_new_customer_signs_up_sees_the_trip_pays_online_and_sees_power_restor
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
         # pay 200.00 online from the card
-        card.get_by_role("link", name="Pay online").click()
+        card.locator(f"a[href='/portal/accounts/{account.number}/pay/']").click()
         expect(page.get_by_test_id("supply-state")).to_have_attribute("data-state", "tripped")
         page.locator("label[for=id_quick_2]").click()  # the third quick amount: 200.00
         page.get_by_test_id("pay-submit").click()
