@@ -91,6 +91,13 @@ def main():
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--no-load", action="store_true", help="skip the wrk part")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the database if an earlier run built it with --accounts accounts (a new device secret)",
+    )
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class: sync or gthread")
+    parser.add_argument("--worker-threads", type=int, default=1, help="gunicorn --threads (gthread workers)")
+    parser.add_argument(
         "--breakdown", action="store_true", help="first time the parts of a payment request in-process"
     )
     parser.add_argument("--restore", action="store_true", help="also measure payment → close confirmed")
@@ -112,32 +119,44 @@ def main():
     import psycopg
 
     base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    reused = args.reuse and _built_before(url, args.accounts)
+    if not reused:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
 
     import django
     from django.core.management import call_command
 
     django.setup()
-    call_command("migrate", verbosity=0)
-
-    started = time.perf_counter()
-    hall, station = build_org_units()
-    build_accounts(args.accounts, station, random.Random(args.seed))
-    from payments.services.devices import device_create
-
-    device, secret = device_create(code=DEVICE_CODE, kind="terminal", hall_code=hall.code)
-    auth = f"Device {DEVICE_CODE}:{secret}"
     from django.db import connection
 
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-    print(
-        f"fixture:               {args.accounts:,} prepaid accounts in {time.perf_counter() - started:.1f} s"
-    )
+    from payments.models import TerminalDevice
+
+    if reused:
+        from payments.services.devices import device_secret_reset
+
+        secret = device_secret_reset(code=DEVICE_CODE)
+        device = TerminalDevice.objects.get(code=DEVICE_CODE)
+        print(f"fixture:               reused {name} ({args.accounts:,} prepaid accounts), new device secret")
+    else:
+        call_command("migrate", verbosity=0)
+
+        started = time.perf_counter()
+        hall, station = build_org_units()
+        build_accounts(args.accounts, station, random.Random(args.seed))
+        from payments.services.devices import device_create
+
+        device, secret = device_create(code=DEVICE_CODE, kind="terminal", hall_code=hall.code)
+
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+        elapsed = time.perf_counter() - started
+        print(f"fixture:               {args.accounts:,} prepaid accounts in {elapsed:.1f} s")
+    auth = f"Device {DEVICE_CODE}:{secret}"
     print(f"machine:               {os.cpu_count()} CPUs; {_uptime()}")
 
+    Gunicorn.worker_class, Gunicorn.threads = args.worker_class, args.worker_threads
     if args.breakdown:
         breakdown(device, secret)
     workdir = Path(tempfile.mkdtemp(prefix="payments_load."))
@@ -357,7 +376,28 @@ def _server_env() -> dict:
     return env
 
 
+def _built_before(url: str, accounts: int) -> bool:
+    """Whether the database exists with the benchmark's device and ``accounts`` accounts."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as conn:
+            devices = conn.execute(
+                "SELECT count(*) FROM payments_terminaldevice WHERE code = %s", [DEVICE_CODE]
+            )
+            device_count = devices.fetchone()[0]
+            found = conn.execute("SELECT count(*) FROM customers_account WHERE number LIKE 'P%%'").fetchone()[
+                0
+            ]
+            return device_count == 1 and found == accounts
+    except psycopg.Error:
+        return False
+
+
 class Gunicorn:
+    # The worker class and threads of every run (set from --worker-class / --worker-threads).
+    worker_class, threads = "sync", 1
+
     def __init__(self, workers: int, port: int, logfile: Path):
         self.workers, self.port, self.logfile = workers, port, logfile
 
@@ -373,7 +413,9 @@ class Gunicorn:
                 "--workers",
                 str(self.workers),
                 "--worker-class",
-                "sync",
+                self.worker_class,
+                "--threads",
+                str(self.threads),
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--log-level",
@@ -622,7 +664,11 @@ def load_run(args, auth: str, workers: int, connections: int, workdir: Path) -> 
     rundir = workdir / tag
     rundir.mkdir()
     print()
-    print(f"=== gunicorn sync workers {workers}, wrk -t{args.threads} -c{connections} -d{args.duration}s ===")
+    print(
+        f"=== gunicorn {Gunicorn.worker_class} workers {workers}"
+        f"{f' x {Gunicorn.threads} threads' if Gunicorn.threads > 1 else ''}, "
+        f"wrk -t{args.threads} -c{connections} -d{args.duration}s ==="
+    )
     with Gunicorn(workers, args.port, rundir / "gunicorn.log") as server:
         warm, _out = run_wrk(args, auth, tag + "w", args.warmup, connections, rundir / "warmup")
         print(f"warm-up:               {warm['requests']:,} requests in {args.warmup} s")

@@ -49,6 +49,9 @@ app.conf.beat_schedule = {
     "metering.commands_reap": {"task": "metering.commands_reap", "schedule": 60.0},
     # Notifications whose delivery task was lost or whose worker died are queued again.
     "core.notifications_sweep": {"task": "core.notifications_sweep", "schedule": 60.0},
+    # Notifications enqueued with dispatch="batched" (payment receipts) wait in a Redis list
+    # until this turns them into delivery tasks.
+    "core.notifications_flush": {"task": "core.notifications_flush", "schedule": 2.0},
     # Trips withheld for the night, a holiday, an event or a grace period are decided again
     # when the window ends; tripped accounts lifted above the close threshold are closed.
     "billing.policy_sweep": {"task": "billing.policy_sweep", "schedule": 300.0},

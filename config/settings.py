@@ -82,7 +82,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_structlog.middlewares.RequestMiddleware",
+    # django-structlog's RequestMiddleware, without building its request events when their
+    # level is off (core.middleware.RequestLogMiddleware; issue 5).
+    "core.middleware.RequestLogMiddleware",
     "core.middleware.RequestIdHeaderMiddleware",
     "core.middleware.AuditContextMiddleware",
     "core.middleware.ApplicationErrorMiddleware",

@@ -8,7 +8,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from core.exceptions import NotFound
-from core.services.notifications import notification_deliver, notifications_requeue_due
+from core.services.notifications import notification_deliver, notifications_flush, notifications_requeue_due
 
 # A list task larger than this is split into tasks of this size, so that several workers
 # share a large run of notifications (e.g. the warnings of a morning's rating).
@@ -90,3 +90,9 @@ def notifications_deliver_many_task(self, notification_ids: list[int]):
 def notifications_sweep_task():
     """Re-queue overdue undelivered notifications (lost tasks, dead workers)."""
     return notifications_requeue_due()
+
+
+@shared_task(name="core.notifications_flush", ignore_result=True)
+def notifications_flush_task():
+    """Queue delivery tasks for the notifications enqueued with ``dispatch="batched"``."""
+    return notifications_flush()

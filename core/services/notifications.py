@@ -213,17 +213,30 @@ def notification_enqueue(
     return notification
 
 
-def notifications_enqueue_many(items: list[dict]) -> int:
+def notifications_enqueue_many(items: list[dict], *, dispatch: str = "task") -> int:
     """Record many notifications at once (``notification_enqueue``'s keyword arguments, one
     dict each) to send once the caller's transaction commits. Returns how many were new.
 
     The same checks as ``notification_enqueue`` (a ValidationError for any item refuses the
     whole call) and the same idempotency on ``dedupe_key``: a key already stored, or repeated
-    in ``items``, queues nothing new. One query for the stored keys, one INSERT (a key that a
-    racing transaction inserts meanwhile is skipped by ``ON CONFLICT DO NOTHING``) and, after
-    commit, one delivery task for all of them (``notifications_deliver_many_task``). Every row
-    is due at once (``next_attempt_at = now``), so if that task is lost the sweep
-    (``notifications_requeue_due``) delivers them."""
+    in ``items``, queues nothing new. On PostgreSQL one INSERT (``ON CONFLICT DO NOTHING``
+    skips a stored key, also one a racing transaction inserts meanwhile); on SQLite one query
+    for the stored keys and one bulk insert.
+
+    After commit, ``dispatch`` decides how delivery is queued:
+
+    - ``"task"``: one delivery task for all of them (``notifications_deliver_many_task``);
+    - ``"batched"``: the ids are appended to a Redis list (one RPUSH) that the beat task
+      ``core.notifications_flush`` turns into delivery tasks every couple of seconds
+      (``notifications_flush``), for callers on a hot path (payment receipts) where a task
+      per call costs more than the call. Without ``REDIS_URL`` (embedded mode) it is
+      ``"task"``.
+
+    Every row is due at once (``next_attempt_at = now``), so if the task or the push is lost
+    (a crash between commit and queueing) the sweep (``notifications_requeue_due``) delivers
+    them."""
+    if dispatch not in ("task", "batched"):
+        raise ValueError(f"unknown dispatch {dispatch!r}")
     if not items:
         return 0
     rows = []
@@ -250,10 +263,13 @@ def notifications_enqueue_many(items: list[dict]) -> int:
                 item.get("dedupe_key") or None,
             )
         )
+    postgres = transaction.get_connection().vendor == "postgresql"
     keys = {row[7] for row in rows if row[7] is not None}
+    # PostgreSQL: ``ON CONFLICT DO NOTHING RETURNING id`` skips the stored keys itself, so
+    # there is no query for them; SQLite (embedded mode) filters them first.
     stored = (
         set(Notification.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
-        if keys
+        if keys and not postgres
         else set()
     )
     fresh, seen = [], set()
@@ -267,12 +283,12 @@ def notifications_enqueue_many(items: list[dict]) -> int:
     if not fresh:
         return 0
     now = timezone.now()
-    if transaction.get_connection().vendor != "postgresql":
-        ids = _insert_portable(fresh, now)
-    else:
-        ids = _insert_postgres(fresh, now)
+    ids = _insert_postgres(fresh, now) if postgres else _insert_portable(fresh, now)
     if ids:
-        transaction.on_commit(partial(_schedule_delivery_many, ids), robust=True)
+        schedule = (
+            _push_batched if dispatch == "batched" and _batch_redis() is not None else _schedule_delivery_many
+        )
+        transaction.on_commit(partial(schedule, ids), robust=True)
     logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
     return len(ids)
 
@@ -511,6 +527,64 @@ def _schedule_delivery_many(notification_ids: list[int]) -> None:
     from core.tasks import notifications_deliver_many_task  # tasks import this module
 
     notifications_deliver_many_task.delay(list(notification_ids))
+
+
+# --- batched dispatch -------------------------------------------------------------------
+
+# The Redis list of notification ids waiting for ``notifications_flush``.
+BATCH_KEY = "kilowatt:notifications:batched"
+# At most this many ids are taken from the list by one flush (the rest wait for the next).
+FLUSH_MAX = 20_000
+
+_batch_client: list = []  # [(REDIS_URL, client)] once made; one per process
+
+
+def _batch_redis():
+    """The Redis client for the batch list (one per process; redis-py's pool reconnects
+    after a fork), or None without ``REDIS_URL`` (embedded mode)."""
+    url = getattr(settings, "REDIS_URL", "")
+    if not url:
+        return None
+    if not _batch_client or _batch_client[0][0] != url:
+        import redis
+
+        _batch_client[:] = [(url, redis.Redis.from_url(url))]
+    return _batch_client[0][1]
+
+
+def _push_batched(notification_ids: list[int]) -> None:
+    """Append ``notification_ids`` to the batch list (call through ``transaction.on_commit``).
+    If Redis refuses, the ids are lost from the list only: the rows stay due and the sweep
+    queues them."""
+    try:
+        _batch_redis().rpush(BATCH_KEY, *notification_ids)
+    except Exception:  # noqa: BLE001 - the sweep covers a lost push
+        logger.warning(
+            "notifications_batch_push_failed", count=len(notification_ids), first=notification_ids[0]
+        )
+
+
+def notifications_flush(*, limit: int = FLUSH_MAX) -> int:
+    """Take up to ``limit`` ids from the batch list and queue one
+    ``notifications_deliver_many_task`` per chunk of ``DELIVER_MANY_CHUNK``. Returns how many
+    ids were taken. An id taken but not queued (the broker failed) is still due: the sweep
+    queues it. Duplicates are harmless (the claim decides)."""
+    from core.tasks import DELIVER_MANY_CHUNK, notifications_deliver_many_task  # tasks import this module
+
+    client = _batch_redis()
+    if client is None:
+        return 0
+    taken = 0
+    while taken < limit:
+        raw = client.lpop(BATCH_KEY, min(DELIVER_MANY_CHUNK, limit - taken))
+        if not raw:
+            break
+        ids = [int(value) for value in raw]
+        taken += len(ids)
+        notifications_deliver_many_task.delay(ids)
+    if taken:
+        logger.info("notifications_flushed", count=taken)
+    return taken
 
 
 def _skipped(notification: Notification, why: str, **extra) -> None:

@@ -9,9 +9,9 @@ returns the first payment and posts nothing; the same reference with another acc
 amount is a Conflict.
 
 It is the hot path of every channel (issue 5: hundreds of payments a second): a new payment
-takes four statements of its own (the locked account, the entry with the balance, the
-payment row, the receipts) plus the outbox's key check, and no savepoint when it runs
-outside a transaction.
+takes four statements (the locked account, the entry with the balance, the payment row, the
+receipts) and no savepoint when it runs outside a transaction; the receipts' delivery is
+queued in batches (``dispatch="batched"``: one Redis RPUSH after commit, no task per payment).
 """
 
 from __future__ import annotations
@@ -252,9 +252,10 @@ def receipt_text(*, customer_name: str, account_number: str, amount, received_at
 
 def _receipt_enqueue(payment: Payment, credit: PaymentCredit) -> None:
     """Queue the customer's receipt in this transaction (outbox): the portal always, SMS and
-    e-mail as the customer chose; one INSERT for all channels, one delivery task after
-    commit. A contact detail the outbox refuses (e.g. a landline number for SMS) loses only
-    that channel's copy, never the payment."""
+    e-mail as the customer chose; one INSERT for all channels and, after commit, its ids
+    pushed to the outbox's batch list (``core.notifications_flush`` queues the delivery). A
+    contact detail the outbox refuses (e.g. a landline number for SMS) loses only that
+    channel's copy, never the payment."""
     customer = credit.customer
     body = receipt_text(
         customer_name=customer.name,
@@ -284,12 +285,12 @@ def _receipt_enqueue(payment: Payment, credit: PaymentCredit) -> None:
         )
     ]
     try:
-        notifications_enqueue_many(items)
+        notifications_enqueue_many(items, dispatch="batched")
     except ValidationError:
         # Checked before anything is written, so nothing of this call was stored.
         for item in items:
             try:
-                notifications_enqueue_many([item])
+                notifications_enqueue_many([item], dispatch="batched")
             except ValidationError as exc:
                 logger.warning(
                     "payment_receipt_skipped",

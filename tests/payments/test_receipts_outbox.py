@@ -11,6 +11,8 @@ import pytest
 from billing.models import AccountBilling
 from core.exceptions import Conflict, ValidationError
 from core.models import Notification
+from core.services.notifications import BATCH_KEY, _batch_redis, notifications_flush
+from core.tasks import notifications_deliver_many_task
 from customers.models import AccountStatus, Customer
 from payments.services.posting import payment_post
 
@@ -112,8 +114,26 @@ def test_a_number_that_cannot_take_an_sms_loses_only_the_sms(account):
     assert set(receipts()) == {"portal", "email"}
 
 
+@pytest.fixture
+def batch(settings):
+    """The outbox's batch list in the test Redis (``REDIS_URL``), empty before and after."""
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    client = _batch_redis()
+    client.delete(BATCH_KEY)
+    yield client
+    client.delete(BATCH_KEY)
+
+
+def listed(client) -> list[int]:
+    return [int(v) for v in client.lrange(BATCH_KEY, 0, -1)]
+
+
 @pytest.mark.django_db
-def test_one_delivery_task_after_commit_for_all_channels(account, django_capture_on_commit_callbacks):
+def test_without_redis_one_delivery_task_after_commit_for_all_channels(
+    account, settings, django_capture_on_commit_callbacks
+):
+    settings.REDIS_URL = ""  # embedded mode: no batch list, one task per payment
     choose(account, email="zhang@example.com")
     with (
         mock.patch("core.tasks.notifications_deliver_many_task.delay") as delay,
@@ -123,6 +143,37 @@ def test_one_delivery_task_after_commit_for_all_channels(account, django_capture
     ids = sorted(Notification.objects.filter(topic="payment_receipt").values_list("pk", flat=True))
     assert len(ids) == 3
     delay.assert_called_once_with(ids)
+
+
+@pytest.mark.django_db
+def test_a_payment_receipt_is_delivered_through_flush(batch, account, django_capture_on_commit_callbacks):
+    with (
+        mock.patch("core.tasks.notifications_deliver_many_task.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        payment = payment_post(
+            channel="online",
+            external_id="B-1",
+            account_number=account.number,
+            amount="50.00",
+            method="online",
+        ).payment
+    delay.assert_not_called()  # no task per payment
+    queued_rows = Notification.objects.filter(topic="payment_receipt", account_id=account.pk)
+    ids = sorted(queued_rows.values_list("pk", flat=True))
+    assert len(ids) == 2  # portal + sms (make_prepaid's customer has a mobile phone, no e-mail)
+    assert listed(batch) == ids
+    assert set(queued_rows.values_list("status", flat=True)) == {"pending"}
+
+    queued = []
+    with mock.patch("core.tasks.notifications_deliver_many_task.delay", side_effect=queued.append):
+        assert notifications_flush() == 2
+    assert queued == [ids]
+    notifications_deliver_many_task.apply(args=(queued[0],))  # what the worker runs
+    rows = {n.channel: n for n in queued_rows}
+    assert {c: n.status for c, n in rows.items()} == {"portal": "sent", "sms": "sent"}
+    assert rows["portal"].dedupe_key == f"payment:{payment.pk}:portal"
+    assert listed(batch) == []
 
 
 @pytest.mark.django_db
