@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from django.db.models import Max, Min, Q, Sum
-from django.db.models.functions import TruncMonth
+from django.db.models import DateTimeField, Max, Min, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 
 from billing.models import (
@@ -42,9 +42,11 @@ from billing.selectors import LEDGER_PAGE_SIZE, RunningLedger
 from billing.services.policy import PolicyTable, credit_allowance_of
 from billing.services.rating import consumption_by_band, tier_period_start
 from billing.services.tariffs import tariff_on, tariff_specs
+from core.models import Notification, NotificationChannel
 from core.money import format_yuan, quantize_energy, quantize_yuan
 from customers.models import Account, ServicePoint, SettlementMode
 from metering.models import DailyReading
+from portal.models import AccountBinding, PortalProfile
 
 __all__ = [
     "LEDGER_PAGE_SIZE",
@@ -505,4 +507,30 @@ def statement_entries(
         kinds=STATEMENT_KINDS.get(kind or "all", ()),
         date_from=date_from,
         date_to=date_to,
+    )
+
+
+# ----------------------------------------------------------------------------- messages
+
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def portal_messages_for(user_id: int) -> QuerySet[Notification]:
+    """The portal messages a portal user may read: those for the customers of their bound
+    accounts, about one of those accounts or about the customer as a whole (a customer's other,
+    unbound accounts stay private)."""
+    bindings = AccountBinding.objects.filter(user_id=user_id)
+    return Notification.objects.filter(
+        channel=NotificationChannel.PORTAL,
+        customer_id__in=bindings.values("account__customer_id"),
+    ).filter(Q(account_id__isnull=True) | Q(account_id__in=bindings.values("account_id")))
+
+
+def portal_unread_count(user_id: int) -> int:
+    """Messages newer than the user last read up to: one query (the read mark is a subquery)."""
+    seen = PortalProfile.objects.filter(user_id=user_id).values("messages_seen_at")[:1]
+    return (
+        portal_messages_for(user_id)
+        .filter(created_at__gt=Coalesce(Subquery(seen), Value(_NEVER), output_field=DateTimeField()))
+        .count()
     )

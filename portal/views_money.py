@@ -27,9 +27,9 @@ from payments.services.online import (
 )
 from payments.services.vouchers import voucher_redeem
 from portal.access import bound_account_or_404, bound_accounts, portal_login_required
-from portal.context_processors import portal_messages_for
 from portal.forms_money import QUICK_AMOUNTS, PayForm, PreferencesForm, VoucherForm, apply_service_errors
 from portal.models import PortalProfile
+from portal.selectors import portal_messages_for
 
 PAGE_SIZE = 20
 # How often a waiting order page asks again (milliseconds).
