@@ -125,7 +125,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with the health check skipped for a connection that served a
+        # request without error in the last DATABASE_HEALTH_CHECK_INTERVAL seconds.
+        DATABASES["default"]["ENGINE"] = "core.db.postgresql"
+DATABASE_HEALTH_CHECK_INTERVAL = env.float("DATABASE_HEALTH_CHECK_INTERVAL", default=5.0)
+DATABASE_IS_POSTGRES = DATABASES["default"]["ENGINE"] in (
+    "django.db.backends.postgresql",
+    "core.db.postgresql",
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, Celery -------------------------------------------------------------

@@ -3,9 +3,12 @@ person's approval, tariff assignment."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -24,8 +27,8 @@ from billing.models import (
     PolicyDecision,
     Tariff,
 )
-from billing.services.ledger import Posting, _amount, billing_states_ensure, ledger_post
-from billing.services.policy import policy_evaluate, policy_may_act
+from billing.services.ledger import Posting, _amount, billing_states_ensure, billing_states_lock, ledger_post
+from billing.services.policy import PolicyTable, policy_evaluate, policy_may_act, policy_quiet_above
 from core.audit import audit_context
 from core.exceptions import Conflict, NotFound, PermissionDenied, ValidationError
 from core.permissions import Actor, Cap, org_scope_q
@@ -90,6 +93,9 @@ class PaymentCredit:
     policy: CostControlPolicy | None  # the policy in force: close threshold, credit allowance
     entry_id: int | None
     decisions: tuple[PolicyDecision, ...]
+    # What each of the caller's riders returned (their ``id`` column), in the riders' order;
+    # empty when there were no riders or nothing was posted.
+    rider_ids: tuple[tuple[int, ...], ...] = ()
 
     @property
     def created(self) -> bool:
@@ -113,6 +119,37 @@ class PaymentCredit:
             if decision.action == PolicyAction.CLOSE and decision.command_id:
                 return decision.command
         return None
+
+
+@dataclass(frozen=True)
+class CreditPreview:
+    """The locked account as ``payment_credit`` found it, for the caller to build riders from:
+    ``balance_after`` is what the cached balance will be once the credit is posted (the
+    account is locked, so nothing else moves it meanwhile)."""
+
+    account: Account
+    customer: Customer
+    state: AccountBilling  # before the credit
+    amount: Decimal
+    balance_after: Decimal
+
+
+@dataclass(frozen=True)
+class CreditRider:
+    """A data-modifying statement of the caller's (``INSERT … SELECT … FROM e … RETURNING id``)
+    run inside the credit's own statement as the common table expression ``name``: one round
+    trip to the database for the entry, the balance and what the caller records with them
+    (the payment row, its receipts). It reads ``e`` — the new entry's ``id``, ``account_id``
+    and ``amount``, no row when the idempotency key had been used — and may read the CTEs of
+    the riders before it; ``params`` fill its ``%s`` in order. A rider on ``e`` inserts
+    nothing when nothing is posted, so a repeat records nothing twice."""
+
+    name: str
+    sql: str
+    params: list
+
+
+_RIDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
 def _in_model_order(model, names: list[str]) -> list[str]:
@@ -184,6 +221,19 @@ SELECT e.id, u.balance FROM e CROSS JOIN u
 """  # noqa: S608 (column names from the models; values are bound)
 
 
+def _credit_sql(riders: list[CreditRider]) -> str:
+    if not riders:
+        return _CREDIT_SQL
+    names = [r.name for r in riders]
+    if len(set(names)) != len(names) or any(not _RIDER_NAME.match(n) or n in ("e", "u") for n in names):
+        raise ValueError(f"rider names must be distinct lower-case identifiers other than e and u: {names}")
+    head, tail = _CREDIT_SQL.rsplit("SELECT e.id, u.balance FROM e CROSS JOIN u", 1)
+    # The riders' names are checked above and their SQL is the caller's code (values bound).
+    ctes = "".join(f",\n{r.name} AS (\n{r.sql}\n)" for r in riders)
+    arrays = "".join(f", ARRAY(SELECT id FROM {r.name})" for r in riders)  # noqa: S608
+    return f"{head.rstrip()}{ctes}\nSELECT e.id, u.balance{arrays} FROM e CROSS JOIN u{tail}"
+
+
 def _from_row(model, names: list[str], values):
     return model.from_db(connection.alias, names, list(values))
 
@@ -203,16 +253,22 @@ def payment_credit(
     description: str,
     created_by_id: int | None = None,
     now: datetime | None = None,
+    riders: Callable[[CreditPreview], list[CreditRider]] | None = None,
 ) -> PaymentCredit:
     """Credit a payment to account ``account_number``, once per ``idempotency_key``, and let
     the policy react: ``payment_apply`` in the fewest statements, for the payment channels'
     hot path. Runs in the caller's transaction (opens one if there is none).
 
     Statements: the account with its customer, billing state (locked) and policy in one
-    SELECT; the entry and the balance in one INSERT … ON CONFLICT DO NOTHING + UPDATE. The
+    SELECT; the entry and the balance (and the caller's riders) in one INSERT … ON CONFLICT
+    DO NOTHING + UPDATE. The
     policy is evaluated only when it could decide something (``policy_may_act``: an account
     in state normal well above every warning threshold cannot get a decision), so a
     payment to a tripped or warned account still gets exactly one close, under the lock.
+
+    ``riders`` (PostgreSQL only): called once the account is locked, with a ``CreditPreview``;
+    the ``CreditRider`` statements it returns run in the credit's statement (what they
+    return is ``rider_ids``), so a channel's own rows cost no further round trip.
 
     NotFound (``unknown_account``) / ValidationError (``account_closed``) post nothing."""
     amount = _amount(amount)
@@ -221,6 +277,18 @@ def payment_credit(
     if not idempotency_key:
         raise ValidationError(_("A posting needs an idempotency key."))
     now_ = now or timezone.now()
+    if connection.vendor != "postgresql":
+        if riders is not None:
+            raise ValueError("credit riders need PostgreSQL")
+        return _payment_credit_portable(
+            account_number=account_number,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            source_ref=source_ref,
+            description=description,
+            created_by_id=created_by_id,
+            now=now,
+        )
     with transaction.atomic(savepoint=False):
         row = _lock_for_payment(account_number)
         if row is None:
@@ -261,15 +329,19 @@ def payment_credit(
             created_by_id=created_by_id,
             created_at=now_,
         )
+        params = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in _ENTRY_FIELDS]
+        ride = []
+        if riders is not None:
+            ride = riders(CreditPreview(account, customer, state, amount, state.balance + amount))
+            for rider in ride:
+                params.extend(rider.params)
         with connection.cursor() as cursor:
-            cursor.execute(
-                _CREDIT_SQL,
-                [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in _ENTRY_FIELDS],
-            )
+            cursor.execute(_credit_sql(ride), params)
             credited = cursor.fetchone()
         if credited is None:  # the caller looks up what the key posted before
             return PaymentCredit(account, customer, state, policy, None, ())
-        entry_id, state.balance = credited
+        entry_id, state.balance = credited[:2]
+        rider_ids = tuple(tuple(ids) for ids in credited[2:])
         decisions: tuple[PolicyDecision, ...] = ()
         if policy_may_act(
             state.balance, state.credit_allowance, state.state, state.withheld_reason, quiet_above
@@ -277,7 +349,59 @@ def payment_credit(
             decisions = tuple(
                 policy_evaluate({account.pk: state}, trigger="payment", trigger_ref=source_ref, now=now)
             )
-        return PaymentCredit(account, customer, state, policy, entry_id, decisions)
+        return PaymentCredit(account, customer, state, policy, entry_id, decisions, rider_ids)
+
+
+def _payment_credit_portable(
+    *, account_number, amount, idempotency_key, source_ref, description, created_by_id, now
+) -> PaymentCredit:
+    """``payment_credit`` in the embedded mode (SQLite, whose writes are serialised): the
+    same checks and result through the ORM (``ledger_post``, the policy table)."""
+    with transaction.atomic():
+        account = (
+            Account.objects.select_related("customer")
+            .only(*_ACCOUNT_FIELDS, *(f"customer__{name}" for name in _CUSTOMER_FIELDS))
+            .filter(number=account_number)
+            .first()
+        )
+        if account is None:
+            raise NotFound(
+                _("No account with number %(number)s.") % {"number": account_number or "—"},
+                code="unknown_account",
+            )
+        if account.status == AccountStatus.CLOSED:
+            raise ValidationError(
+                _("Account %(number)s is closed and takes no payments.") % {"number": account.number},
+                code="account_closed",
+            )
+        customer = account.customer
+        try:
+            posting = ledger_post(
+                account_id=account.pk,
+                kind=EntryKind.PAYMENT,
+                amount=amount,
+                source=EntrySource.PAYMENT,
+                idempotency_key=idempotency_key,
+                description=description or _("Payment"),
+                source_ref=source_ref,
+                created_by_id=created_by_id,
+                business_date=timezone.localdate(now) if now else None,
+            )
+        except Conflict:  # the key posted something else: the caller says what
+            posting = None
+        state = posting.state if posting is not None else billing_states_lock([account.pk])[account.pk]
+        governed = SimpleNamespace(category=customer.category, grade=customer.importance_grade)
+        policy = PolicyTable().for_account(state, governed)
+        if posting is None or not posting.created:
+            return PaymentCredit(account, customer, state, policy, None, ())
+        decisions: tuple[PolicyDecision, ...] = ()
+        if policy_may_act(
+            state.balance, state.credit_allowance, state.state, state.withheld_reason, policy_quiet_above()
+        ):
+            decisions = tuple(
+                policy_evaluate({account.pk: state}, trigger="payment", trigger_ref=source_ref, now=now)
+            )
+        return PaymentCredit(account, customer, state, policy, posting.entry.pk, decisions)
 
 
 def adjustment_request(*, actor: Actor, account_number: str, amount, reason: str) -> AdjustmentRequest:

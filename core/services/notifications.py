@@ -235,10 +235,45 @@ def notifications_enqueue_many(items: list[dict], *, dispatch: str = "task") -> 
     Every row is due at once (``next_attempt_at = now``), so if the task or the push is lost
     (a crash between commit and queueing) the sweep (``notifications_requeue_due``) delivers
     them."""
-    if dispatch not in ("task", "batched"):
-        raise ValueError(f"unknown dispatch {dispatch!r}")
+    _check_dispatch(dispatch)
     if not items:
         return 0
+    rows = notification_rows(items)
+    postgres = transaction.get_connection().vendor == "postgresql"
+    keys = {row[7] for row in rows if row[7] is not None}
+    # PostgreSQL: ``ON CONFLICT DO NOTHING RETURNING id`` skips the stored keys itself, so
+    # there is no query for them; SQLite (embedded mode) filters them first.
+    stored = (
+        set(Notification.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
+        if keys and not postgres
+        else set()
+    )
+    fresh, seen = [], set()
+    for row in rows:
+        key = row[7]
+        if key is not None:
+            if key in stored or key in seen:
+                continue
+            seen.add(key)
+        fresh.append(row)
+    if not fresh:
+        return 0
+    now = timezone.now()
+    ids = _insert_postgres(fresh, now) if postgres else _insert_portable(fresh, now)
+    notifications_dispatch(ids, dispatch=dispatch)
+    logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
+    return len(ids)
+
+
+def _check_dispatch(dispatch: str) -> None:
+    if dispatch not in ("task", "batched"):
+        raise ValueError(f"unknown dispatch {dispatch!r}")
+
+
+def notification_rows(items: list[dict]) -> list[tuple]:
+    """``items`` (``notification_enqueue``'s keyword arguments, one dict each) checked and
+    normalised into rows for ``notifications_insert_sql``; a ValidationError for the first
+    item that is refused (nothing is written here)."""
     rows = []
     for item in items:
         channel = item.get("channel")
@@ -263,34 +298,40 @@ def notifications_enqueue_many(items: list[dict], *, dispatch: str = "task") -> 
                 item.get("dedupe_key") or None,
             )
         )
-    postgres = transaction.get_connection().vendor == "postgresql"
-    keys = {row[7] for row in rows if row[7] is not None}
-    # PostgreSQL: ``ON CONFLICT DO NOTHING RETURNING id`` skips the stored keys itself, so
-    # there is no query for them; SQLite (embedded mode) filters them first.
-    stored = (
-        set(Notification.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
-        if keys and not postgres
-        else set()
-    )
-    fresh, seen = [], set()
-    for row in rows:
-        key = row[7]
-        if key is not None:
-            if key in stored or key in seen:
-                continue
-            seen.add(key)
-        fresh.append(row)
-    if not fresh:
-        return 0
-    now = timezone.now()
-    ids = _insert_postgres(fresh, now) if postgres else _insert_portable(fresh, now)
+    return rows
+
+
+def notifications_insert_sql(rows: list[tuple], now, *, when: str = "") -> tuple[str, list]:
+    """PostgreSQL: the INSERT of ``rows`` (``notification_rows``) as pending, due at ``now``,
+    a stored ``dedupe_key`` skipped (``ON CONFLICT DO NOTHING``), returning the new ids in
+    the rows' order; ``when``, a SQL condition, inserts them only if it holds (a statement
+    that embeds this one in a larger one, e.g. ``EXISTS (SELECT 1 FROM p)``). Returns the
+    statement and its parameters; the caller passes the ids to ``notifications_dispatch``."""
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 8
+    sql = f"""
+        INSERT INTO core_notification (channel, topic, recipient, subject, body, customer_id, account_id,
+            dedupe_key, status, attempts, last_error, provider_message_id, created_at, next_attempt_at)
+        SELECT c, t, r, s, b, cu, a, k, %s, 0, '', '', %s, %s
+        FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::text[],
+                    %s::bigint[], %s::bigint[], %s::varchar[]) WITH ORDINALITY
+             AS x(c, t, r, s, b, cu, a, k, n)
+        {f"WHERE {when}" if when else ""}
+        ORDER BY n
+        ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+        RETURNING id"""  # noqa: S608 (``when`` is the caller's SQL; values are bound)
+    return sql, [NotificationStatus.PENDING.value, now, now, *columns]
+
+
+def notifications_dispatch(ids, *, dispatch: str = "task") -> None:
+    """Queue the delivery of the notifications ``ids``, just inserted in this transaction,
+    once it commits: ``"task"`` or ``"batched"`` as ``notifications_enqueue_many`` says."""
+    _check_dispatch(dispatch)
+    ids = sorted(ids)
     if ids:
         schedule = (
             _push_batched if dispatch == "batched" and _batch_redis() is not None else _schedule_delivery_many
         )
         transaction.on_commit(partial(schedule, ids), robust=True)
-    logger.info("notifications_enqueued", count=len(ids), skipped=len(items) - len(ids))
-    return len(ids)
 
 
 def _insert_portable(fresh: list[tuple], now) -> list[int]:
@@ -317,22 +358,9 @@ def _insert_portable(fresh: list[tuple], now) -> list[int]:
 
 
 def _insert_postgres(fresh: list[tuple], now) -> list[int]:
-    columns = list(zip(*fresh, strict=True))
+    sql, params = notifications_insert_sql(fresh, now)
     with transaction.get_connection().cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO core_notification (channel, topic, recipient, subject, body, customer_id, account_id,
-                dedupe_key, status, attempts, last_error, provider_message_id, created_at, next_attempt_at)
-            SELECT c, t, r, s, b, cu, a, k, %s, 0, '', '', %s, %s
-            FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::text[],
-                        %s::bigint[], %s::bigint[], %s::varchar[]) WITH ORDINALITY
-                 AS x(c, t, r, s, b, cu, a, k, n)
-            ORDER BY n
-            ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
-            RETURNING id
-            """,
-            [NotificationStatus.PENDING.value, now, now, *(list(column) for column in columns)],
-        )
+        cursor.execute(sql, params)
         return sorted(pk for (pk,) in cursor.fetchall())
 
 

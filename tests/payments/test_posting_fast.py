@@ -59,16 +59,19 @@ def statements(queries):
 
 
 @pytest.mark.django_db
-def test_a_new_terminal_payment_takes_four_statements_and_a_repeat_three(terminal, account, client):
+def test_a_new_terminal_payment_takes_two_statements_and_a_repeat_three(terminal, account, client):
     _device, secret = terminal
     # signs the device in; 100.00 is far above every warning level, so the policy is not asked
     assert post(client, secret, account, "TX-0", "100.00").status_code == 201
     with CaptureQueriesContext(connection) as new:
         assert post(client, secret, account, "TX-1").status_code == 201
-    # the locked account, the entry with the balance, the payment and the outbox's INSERT of
-    # the receipts (ON CONFLICT skips a stored key, no query for them); no device look-up
-    # (verified before), no savepoint
-    assert len(statements(new.captured_queries)) == 4, statements(new.captured_queries)
+    # the locked account, then one statement for the entry with the balance, the payment and
+    # the outbox's INSERT of the receipts (billing's credit riders; ON CONFLICT skips a stored
+    # key, no query for them); no device look-up (verified before), no savepoint
+    sql = statements(new.captured_queries)
+    assert len(sql) == 2, sql
+    assert "FOR NO KEY UPDATE" in sql[0]
+    assert all(table in sql[1] for table in ("billing_ledgerentry", "payments_payment", "core_notification"))
     with CaptureQueriesContext(connection) as repeat:
         assert post(client, secret, account, "TX-1").status_code == 200
     # the locked account, the entry that inserts nothing, the first payment

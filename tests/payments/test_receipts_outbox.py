@@ -51,7 +51,7 @@ def test_a_payment_queues_a_receipt_on_every_channel_the_customer_chose(account)
     assert rows["sms"].recipient == phone and rows["email"].recipient == "zhang@example.com"
     assert rows["portal"].recipient == ""
     for channel, row in rows.items():
-        assert row.dedupe_key == f"payment:{payment.pk}:{channel}"
+        assert row.dedupe_key == f"receipt:{payment.channel}:{payment.external_id}:{channel}"
         assert (row.customer_id, row.account_id, row.status) == (account.customer_id, account.pk, "pending")
         # balance 0.00 + 50.00 = 50.00
         assert row.body.startswith(f"Dear 张三, we received ¥50.00 for account {account.number} on ")
@@ -83,9 +83,8 @@ def test_a_repeat_delivery_queues_no_second_receipt(account):
     assert Notification.objects.filter(topic="payment_receipt").count() == 2  # portal + sms, once
     second = pay(account, "20.00", "ORDER-4")
     # balance 50.00 + 20.00 = 70.00 in the second payment's receipt
-    assert Notification.objects.get(dedupe_key=f"payment:{second.payment.pk}:sms").body.endswith(
-        "Balance ¥70.00."
-    )
+    key = f"receipt:{second.payment.channel}:{second.payment.external_id}:sms"
+    assert Notification.objects.get(dedupe_key=key).body.endswith("Balance ¥70.00.")
 
 
 @pytest.mark.django_db
@@ -172,7 +171,7 @@ def test_a_payment_receipt_is_delivered_through_flush(batch, account, django_cap
     notifications_deliver_many_task.apply(args=(queued[0],))  # what the worker runs
     rows = {n.channel: n for n in queued_rows}
     assert {c: n.status for c, n in rows.items()} == {"portal": "sent", "sms": "sent"}
-    assert rows["portal"].dedupe_key == f"payment:{payment.pk}:portal"
+    assert rows["portal"].dedupe_key == f"receipt:{payment.channel}:{payment.external_id}:portal"
     assert listed(batch) == []
 
 
@@ -187,7 +186,6 @@ def test_a_payment_that_restores_power_gets_a_receipt_and_the_restore_notice(fla
     topics = set(Notification.objects.filter(account_id=account.pk).values_list("topic", "channel"))
     assert {("payment_receipt", "portal"), ("restore", "portal")} <= topics
     # -1.00 + 100.00 = 99.00
-    assert Notification.objects.get(dedupe_key=f"payment:{payment.pk}:portal").body.endswith(
-        "Balance ¥99.00."
-    )
+    key = f"receipt:{payment.channel}:{payment.external_id}:portal"
+    assert Notification.objects.get(dedupe_key=key).body.endswith("Balance ¥99.00.")
     assert AccountBilling.objects.get(pk=account.pk).balance == Decimal("99.00")
