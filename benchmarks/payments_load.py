@@ -32,7 +32,7 @@ transaction. Then gunicorn is stopped and the ledger checked:
 
 Printed: load average before and after (``uptime``), requests/s, new payments/s, duplicate
 share, p50/p90/p99 latency, non-2xx and socket errors, CPU used by gunicorn and by the
-PostgreSQL backends per request, and the ledger check.
+the PostgreSQL server per request, and the ledger check.
 
 Restore (``--restore``): ``--restore-accounts`` tripped prepaid accounts on remote
 cost-control meters served by the meter-fleet simulator (``run_in_thread``, relays open,
@@ -474,14 +474,25 @@ def _proc_cpu(pid: int) -> float:
 
 
 def _postgres_cpu(db_name: str) -> float:
-    """CPU seconds used so far by the PostgreSQL backends connected to the bench database
-    (readable from /proc when the server runs on this host)."""
+    """CPU seconds used so far by the PostgreSQL server (readable from /proc when it runs on
+    this host): the postmaster's own and its exited children's (cutime, cstime: backends that
+    closed, as they do every ``CONN_MAX_AGE`` seconds) plus its live children's (backends,
+    WAL writer, autovacuum). Differences between two calls are the server's CPU in between."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name])
-        pids = [r[0] for r in cursor.fetchall()]
-    return sum(_proc_cpu(pid) for pid in pids)
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s LIMIT 1", [db_name])
+        row = cursor.fetchone()
+    if row is None:
+        return 0.0
+    try:
+        postmaster = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    own = sum(int(v) for v in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+    return own + sum(_proc_cpu(int(pid)) for pid in children)
 
 
 def _machine_busy() -> tuple[int, int]:
@@ -731,7 +742,7 @@ def load_run(args, auth: str, workers: int, connections: int, workdir: Path) -> 
     print(f"non-2xx responses:     {stats['other']} (wrk's count: {non2xx}); socket errors {socket_errors}")
     print(
         f"CPU per request:       gunicorn {1000 * (cpu_g1 - cpu_g0) / max(1, requests):.2f} ms, "
-        f"PostgreSQL backends {1000 * (cpu_p1 - cpu_p0) / max(1, requests):.2f} ms; "
+        f"PostgreSQL {1000 * (cpu_p1 - cpu_p0) / max(1, requests):.2f} ms; "
         f"machine busy {busy:.0%} of {os.cpu_count()} CPUs"
     )
     print(
