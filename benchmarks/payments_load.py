@@ -20,9 +20,9 @@ with the same account and amount (a duplicate delivery). 201 (new) and 200 (repe
 success; anything else is reported. Every new payment also queues its receipt (outbox rows
 for the portal and SMS in the payment's own statement, their ids pushed to the outbox's
 Redis batch list after commit; no Celery worker or beat runs in this part, so they wait
-there). The wrk script writes every transaction it sent; the transactions whose request was still in flight when wrk stopped (no answer, so never
-"accepted") are delivered again afterwards, as a terminal retries an unanswered
-transaction. Then gunicorn is stopped and the ledger checked:
+there). The wrk script writes every transaction it sent; the transactions whose request
+was still in flight when wrk stopped (no answer, so never "accepted") are delivered again
+afterwards, as a terminal retries an unanswered transaction. Then gunicorn is stopped and the ledger checked:
 
 - the payments of the run are exactly the transactions sent, each with its account and
   amount (none lost, none extra);
