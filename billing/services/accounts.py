@@ -51,6 +51,37 @@ def account_for_actor(*, actor: Actor, number: str, cap: Cap = Cap.LEDGER_VIEW) 
     return account
 
 
+def _unknown_account(account_number: str) -> NotFound:
+    return NotFound(
+        _("No account with number %(number)s.") % {"number": account_number or "—"},
+        code="unknown_account",
+    )
+
+
+def _refuse_closed(account: Account) -> None:
+    if account.status == AccountStatus.CLOSED:
+        raise ValidationError(
+            _("Account %(number)s is closed and takes no payments.") % {"number": account.number},
+            code="account_closed",
+        )
+
+
+def _payment_posting(
+    *, account_id, amount, idempotency_key, source_ref, description, created_by_id, now
+) -> Posting:
+    return ledger_post(
+        account_id=account_id,
+        kind=EntryKind.PAYMENT,
+        amount=amount,
+        source=EntrySource.PAYMENT,
+        idempotency_key=idempotency_key,
+        description=description or _("Payment"),
+        source_ref=source_ref,
+        created_by_id=created_by_id,
+        business_date=timezone.localdate(now) if now else None,
+    )
+
+
 def payment_apply(
     *,
     account_id: int,
@@ -65,16 +96,14 @@ def payment_apply(
     above its close threshold gets exactly one close command, at any hour). Channels
     (payments app) call this with their own idempotency key."""
     with transaction.atomic():
-        posting = ledger_post(
+        posting = _payment_posting(
             account_id=account_id,
-            kind=EntryKind.PAYMENT,
             amount=amount,
-            source=EntrySource.PAYMENT,
             idempotency_key=idempotency_key,
-            description=description or _("Payment"),
             source_ref=source_ref,
+            description=description,
             created_by_id=created_by_id,
-            business_date=timezone.localdate(now) if now else None,
+            now=now,
         )
         if posting.created:
             policy_evaluate({account_id: posting.state}, trigger="payment", trigger_ref=source_ref, now=now)
@@ -294,10 +323,7 @@ def payment_credit(
         if row is None:
             account_id = Account.objects.filter(number=account_number).values_list("pk", flat=True).first()
             if account_id is None:
-                raise NotFound(
-                    _("No account with number %(number)s.") % {"number": account_number or "—"},
-                    code="unknown_account",
-                )
+                raise _unknown_account(account_number)
             billing_states_ensure([account_id])
             row = _lock_for_payment(account_number)
         n_a, n_c, n_s, n_p = (
@@ -312,11 +338,7 @@ def payment_credit(
         policy_row = row[n_a + n_c + n_s : n_a + n_c + n_s + n_p]
         policy = _from_row(CostControlPolicy, _POLICY_FIELDS, policy_row) if policy_row[0] else None
         quiet_above = row[-1]
-        if account.status == AccountStatus.CLOSED:
-            raise ValidationError(
-                _("Account %(number)s is closed and takes no payments.") % {"number": account.number},
-                code="account_closed",
-            )
+        _refuse_closed(account)
         entry = LedgerEntry(
             account_id=account.pk,
             kind=EntryKind.PAYMENT,
@@ -365,27 +387,18 @@ def _payment_credit_portable(
             .first()
         )
         if account is None:
-            raise NotFound(
-                _("No account with number %(number)s.") % {"number": account_number or "—"},
-                code="unknown_account",
-            )
-        if account.status == AccountStatus.CLOSED:
-            raise ValidationError(
-                _("Account %(number)s is closed and takes no payments.") % {"number": account.number},
-                code="account_closed",
-            )
+            raise _unknown_account(account_number)
+        _refuse_closed(account)
         customer = account.customer
         try:
-            posting = ledger_post(
+            posting = _payment_posting(
                 account_id=account.pk,
-                kind=EntryKind.PAYMENT,
                 amount=amount,
-                source=EntrySource.PAYMENT,
                 idempotency_key=idempotency_key,
-                description=description or _("Payment"),
                 source_ref=source_ref,
+                description=description,
                 created_by_id=created_by_id,
-                business_date=timezone.localdate(now) if now else None,
+                now=now,
             )
         except Conflict:  # the key posted something else: the caller says what
             posting = None
