@@ -290,10 +290,10 @@ def payment_credit(
 
     Statements: the account with its customer, billing state (locked) and policy in one
     SELECT; the entry and the balance (and the caller's riders) in one INSERT … ON CONFLICT
-    DO NOTHING + UPDATE. The
-    policy is evaluated only when it could decide something (``policy_may_act``: an account
-    in state normal well above every warning threshold cannot get a decision), so a
-    payment to a tripped or warned account still gets exactly one close, under the lock.
+    DO NOTHING + UPDATE. The policy is evaluated only when it could decide something
+    (``policy_may_act``: an account in state normal well above every warning threshold
+    cannot get a decision), so a payment to a tripped or warned account still gets exactly
+    one close, under the lock.
 
     ``riders`` (PostgreSQL only): called once the account is locked, with a ``CreditPreview``;
     the ``CreditRider`` statements it returns run in the credit's statement (what they

@@ -202,13 +202,14 @@ def payment_post(
                 _payment_insert(payment)
                 _receipt_enqueue(payment, credit, reference)
             else:  # the payment row and its receipts were inserted with the entry
-                (payment.pk,), receipt_ids = credit.rider_ids
+                (payment.pk,), *receipts = credit.rider_ids
                 payment._state.adding = False
                 payment._state.db = transaction.get_connection().alias
                 if close is not None:  # the policy closed the meter: rare, one more statement
                     Payment.objects.filter(pk=payment.pk).update(restore_command=close)
                     payment.restore_command = close
-                notifications_dispatch(receipt_ids, dispatch="batched")
+                if receipts:
+                    notifications_dispatch(receipts[0], dispatch="batched")
     except IntegrityError:
         # A concurrent delivery of the same payment committed first: return it.
         existing = _existing(channel, external_id)
@@ -304,16 +305,17 @@ def _receipt_items(*, customer, account, amount, received_at, balance, reference
     ]
 
 
-def _receipt_rows(items: list[dict], reference: str) -> list[tuple]:
-    """The outbox rows of ``items``; a contact detail the outbox refuses (e.g. a landline
-    number for SMS) loses only that channel's copy, never the payment."""
+def _receipt_rows(items: list[dict], reference: str) -> tuple[list[dict], list[tuple]]:
+    """The items the outbox takes and their rows; a contact detail it refuses (e.g. a
+    landline number for SMS) loses only that channel's copy, never the payment."""
     try:
-        return notification_rows(items)
+        return items, notification_rows(items)
     except ValidationError:
-        rows = []
+        kept, rows = [], []
         for item in items:
             try:
                 rows.extend(notification_rows([item]))
+                kept.append(item)
             except ValidationError as exc:
                 logger.warning(
                     "payment_receipt_skipped",
@@ -321,7 +323,7 @@ def _receipt_rows(items: list[dict], reference: str) -> list[tuple]:
                     channel=item["channel"],
                     reason=str(exc.message),
                 )
-        return rows
+        return kept, rows
 
 
 _PAYMENT_RIDER_SQL = (
@@ -351,12 +353,10 @@ def _riders(payment: Payment, reference: str, preview: CreditPreview) -> list[Cr
         balance=preview.balance_after,
         reference=reference,
     )
-    rows = _receipt_rows(items, reference)
+    _kept, rows = _receipt_rows(items, reference)
     if rows:
         sql, params = notifications_insert_sql(rows, timezone.now(), when="EXISTS (SELECT 1 FROM p)")
         riders.append(CreditRider("r", sql, params))
-    else:
-        riders.append(CreditRider("r", "SELECT NULL::bigint AS id WHERE false", []))
     return riders
 
 
@@ -371,8 +371,6 @@ def _receipt_enqueue(payment: Payment, credit: PaymentCredit, reference: str) ->
         balance=credit.state.balance,
         reference=reference,
     )
-    rows = _receipt_rows(items, reference)
-    if rows:
-        notifications_enqueue_many(
-            [item for item in items if any(row[0] == item["channel"] for row in rows)], dispatch="batched"
-        )
+    kept, _rows = _receipt_rows(items, reference)
+    if kept:
+        notifications_enqueue_many(kept, dispatch="batched")
